@@ -1,0 +1,54 @@
+"""`Sample`: one image-question item, the unit every loader yields and every analysis consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vrprobe.errors import VrprobeError
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One item: an image, a question, its reference answers and (closed set) the candidate answers.
+
+    `image` is loaded lazily through `load_image()` so a dataset of thousands costs nothing until used.
+    `answers`: reference answers (easy-VQA: one; VQA v2: ten human answers).
+    `choices`: the candidate set for closed-set scoring, or None for open-ended generation.
+    `meta`: free-form metadata; `meta["question_type"]` is always set (easy-VQA: "yes/no", "color", "shape").
+    """
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    image_path: Path | None = None
+    choices: tuple[str, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    image_fn: Callable[[], Image.Image] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def question_type(self) -> str:
+        return str(self.meta.get("question_type", "other"))
+
+    def load_image(self) -> Image.Image:
+        """Open the image as RGB; a missing or unreadable file raises one clear `VrprobeError` naming it."""
+        if self.image_fn is not None:
+            return self.image_fn()
+        if self.image_path is None:
+            raise VrprobeError(f"sample {self.id} has no image")
+        return load_rgb(self.image_path)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Read an image file fully into memory as RGB, or raise `VrprobeError` naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise VrprobeError(f"image file not found: {path}") from None
+    except Exception as exc:  # PIL raises several types for corrupt files
+        raise VrprobeError(f"cannot read image file {path}: {type(exc).__name__}") from None

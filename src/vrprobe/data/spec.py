@@ -1,0 +1,102 @@
+"""Dataset spec strings → lists of `Sample`.
+
+Grammar: `NAME:SPLIT` (built-in data) or `NAME:DIR:SPLIT` (a local copy in the dataset's official layout).
+Known names: `easy-vqa`. Options after `?` are reserved for image shifts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from PIL import Image
+
+from vrprobe.data.easy_vqa import load_easy_vqa
+from vrprobe.data.sample import Sample
+from vrprobe.errors import UsageError, VrprobeError
+
+IMAGE_ABLATIONS = ("blank",)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named, ordered list of samples; `spec` is the string it was loaded from."""
+
+    spec: str
+    samples: list[Sample]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ablation: str | None = None) -> Dataset:
+    """Parse `spec`, load its samples, optionally take a type-stratified subset and ablate the images.
+
+    Raises `UsageError` for a malformed spec and `VrprobeError` for missing files or an empty dataset.
+    """
+    name, _, rest = spec.partition(":")
+    if name == "easy-vqa":
+        parts = rest.rsplit(":", 1) if rest else []
+        if len(parts) == 1:
+            samples = load_easy_vqa(parts[0])
+        elif len(parts) == 2:
+            root = Path(parts[0])
+            if not root.is_dir():
+                raise VrprobeError(f"dataset folder not found: {root}")
+            samples = load_easy_vqa(parts[1], root)
+        else:
+            raise UsageError("easy-vqa spec is easy-vqa:SPLIT or easy-vqa:DIR:SPLIT (SPLIT: train or test)")
+    else:
+        raise UsageError(f"unknown dataset '{name}' in spec '{spec}' (known: easy-vqa:train, easy-vqa:test)")
+    if not samples:
+        raise VrprobeError(f"dataset '{spec}' is empty")
+    if limit is not None:
+        if limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {limit}")
+        samples = stratified_subset(samples, limit, seed)
+    if image_ablation is not None:
+        samples = ablate_images(samples, image_ablation)
+    return Dataset(spec=spec, samples=samples)
+
+
+def stratified_subset(samples: list[Sample], n: int, seed: int = 0) -> list[Sample]:
+    """A deterministic subset of `n` samples that keeps the question-type mix and spreads over images.
+
+    Each type gets `n × share` samples (largest-remainder rounding); within a type the rows are a seeded shuffle, so
+    consecutive rows that share an image are not taken together. The result keeps the original order.
+    """
+    if n >= len(samples):
+        return list(samples)
+    by_type: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_type[s.question_type].append(i)
+    types = sorted(by_type)
+    exact = {t: n * len(by_type[t]) / len(samples) for t in types}
+    quota = {t: int(exact[t]) for t in types}
+    for t in sorted(types, key=lambda t: exact[t] - quota[t], reverse=True)[: n - sum(quota.values())]:
+        quota[t] += 1
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    for t in types:
+        idx = list(by_type[t])
+        rng.shuffle(idx)
+        chosen.extend(idx[: quota[t]])
+    return [samples[i] for i in sorted(chosen)]
+
+
+def blank_like(image: Image.Image) -> Image.Image:
+    """A white RGB image of the same size: the image pathway's input with all content removed."""
+    return Image.new("RGB", image.size, (255, 255, 255))
+
+
+def ablate_images(samples: list[Sample], kind: str) -> list[Sample]:
+    """Replace every image by an ablated one (`blank`: white, same size), lazily."""
+    if kind not in IMAGE_ABLATIONS:
+        raise UsageError(f"unknown image ablation '{kind}' (known: {', '.join(IMAGE_ABLATIONS)})")
+
+    def blank(s: Sample):
+        return lambda: blank_like(s.load_image())
+
+    return [replace(s, image_fn=blank(s), meta={**s.meta, "image_ablation": kind}) for s in samples]

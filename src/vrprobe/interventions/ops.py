@@ -1,0 +1,155 @@
+"""Intervention objects: small, typed, one method each, serialisable into a run manifest (`describe()`).
+
+Hidden-state interventions implement `HiddenIntervention.apply(x, mask, rng)`: `x` [B, T, D] is the state at a site,
+`mask` [B, T] the positions to edit; anything outside the mask is returned unchanged.
+Attention interventions implement `on_logits(logits, mask, rng)` (pre-softmax scores [B, H, T, S] after the attention
+mask is added) and/or `on_probs(probs, mask, image_keys, allowed)` (post-softmax); `mask` [B, T] selects query rows,
+`image_keys` [B, S] the image-token keys and `allowed` [B, 1, T, S] the keys each query may see (causal + padding).
+Every attention edit keeps each row a probability distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from vrprobe.errors import UsageError
+
+
+@runtime_checkable
+class HiddenIntervention(Protocol):
+    def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor: ...
+
+
+def _where(mask: torch.Tensor, new: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask[..., None].to(x.device), new.to(x.dtype), x)
+
+
+def describe(obj: Any) -> dict[str, Any]:
+    """A JSON-able description of an intervention: its class and scalar parameters (tensors by shape)."""
+    out: dict[str, Any] = {"type": type(obj).__name__}
+    for k, v in vars(obj).items():
+        out[k] = list(v.shape) if isinstance(v, torch.Tensor) else v
+    return out
+
+
+@dataclass
+class GaussianNoise:
+    """x + scale·sigma·ε at the masked positions, ε ~ N(0, 1) drawn from the block's seeded generator.
+
+    ROME's rule for `sigma`: the standard deviation of the input embeddings over the image-token span, measured on a
+    calibration set (`vrprobe.tracing.measure_sigma`); `scale` is the k in k·σ.
+    """
+
+    scale: float
+    sigma: float = 1.0
+
+    def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        if self.scale == 0:
+            return x
+        eps = torch.randn(x.shape, generator=rng, dtype=torch.float32).to(x.device, x.dtype)
+        return _where(mask, x + self.scale * self.sigma * eps, x)
+
+
+@dataclass
+class Add:
+    """x + delta at the masked positions; `delta` broadcasts against x [B, T, D] (pre-drawn noise, steering)."""
+
+    delta: torch.Tensor
+
+    def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return _where(mask, x + self.delta.to(x.device, x.dtype), x)
+
+
+@dataclass
+class Replace:
+    """The state from another run at the masked positions (restoration, activation patching); broadcasts to x."""
+
+    source: torch.Tensor
+
+    def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return _where(mask, self.source.expand_as(x), x)
+
+
+@dataclass
+class Zero:
+    """Zero ablation: 0 at the masked positions."""
+
+    def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return _where(mask, torch.zeros_like(x), x)
+
+
+@dataclass
+class Mean:
+    """Mean ablation: a fixed mean vector [D] (e.g. over a dataset) at the masked positions."""
+
+    mean: torch.Tensor
+
+    def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return _where(mask, self.mean.expand_as(x), x)
+
+
+@dataclass
+class AttentionIntervention:
+    """Base for attention perturbations: identity on logits and probabilities."""
+
+    def on_logits(self, logits: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return logits
+
+    def on_probs(
+        self, probs: torch.Tensor, mask: torch.Tensor, image_keys: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
+        return probs
+
+
+@dataclass
+class LogitNoise(AttentionIntervention):
+    """Gaussian noise of standard deviation `scale` (logit units) added to the attention scores of the masked query
+    rows before softmax; masked-out keys stay masked, so rows remain distributions over the same keys."""
+
+    scale: float
+
+    def on_logits(self, logits: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        if self.scale == 0:
+            return logits
+        eps = torch.randn(logits.shape, generator=rng, dtype=torch.float32).to(logits.device, logits.dtype)
+        return logits + self.scale * eps * mask[:, None, :, None].to(logits.device, logits.dtype)
+
+
+@dataclass
+class UniformMix(AttentionIntervention):
+    """(1 − α)·p + α·u on the masked query rows, u uniform over the keys the row may attend to under the causal and
+    padding mask. α = 0 is the identity, α = 1 erases all focus."""
+
+    alpha: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise UsageError(f"uniform-mix alpha must be in [0, 1], got {self.alpha}")
+
+    def on_probs(
+        self, probs: torch.Tensor, mask: torch.Tensor, image_keys: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
+        allowed = allowed.to(probs.dtype)
+        uniform = allowed / allowed.sum(-1, keepdim=True).clamp_min(1)
+        mixed = (1 - self.alpha) * probs + self.alpha * uniform
+        return torch.where(mask[:, None, :, None].to(probs.device), mixed, probs)
+
+
+@dataclass
+class Knockout(AttentionIntervention):
+    """Cross-modal knockout: attention from the masked query rows to the image-token keys set to 0, each row
+    renormalised over its remaining keys. A row with nothing left to attend to is an error."""
+
+    def on_probs(
+        self, probs: torch.Tensor, mask: torch.Tensor, image_keys: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
+        drop = mask[:, None, :, None].to(probs.device) & image_keys[:, None, None, :].to(probs.device)
+        kept = probs.masked_fill(drop, 0.0)
+        total = kept.sum(-1, keepdim=True)
+        rows = mask[:, None, :, None].to(probs.device).expand_as(total)
+        if bool(((total <= 0) & rows).any()):
+            raise UsageError("knockout leaves a query row with no key to attend to (it sees only image tokens)")
+        return torch.where(rows, kept / total.clamp_min(torch.finfo(probs.dtype).tiny), probs)

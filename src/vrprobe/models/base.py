@@ -1,0 +1,278 @@
+"""`Adapter`: one interface over the VLM families (load, prompt, encode, token groups, answer scoring).
+
+A family subclass only states what differs: its prompt template, the text that precedes an answer, the fill values of
+its extra per-token inputs, and (Qwen2-VL) how its processor is built. Everything else, including where the image
+tokens sit, is read from the model's own config (`image_token_id`) and `input_ids`, never from fixed offsets; decoder
+layers come from `get_decoder()`.
+
+Names: `Encoded` (one sample's model inputs, unpadded, with its question span), `Batch` (left-padded inputs of several
+samples + `TokenGroups`), `TokenGroups` (boolean masks [B, T] for `image`, `question`, `last`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+# Per-token model inputs that are padded on the left; every other processor output is per image and concatenated.
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+DROP_KEYS = ("labels",)
+GROUPS = ("image", "question", "last")
+
+
+@dataclass
+class TokenGroups:
+    """Boolean masks [B, T] over a padded batch: image tokens, question tokens, and the last (answer) position;
+    `valid` marks real (non-padding) tokens and `pad` [B] counts each row's left padding."""
+
+    image: torch.Tensor
+    question: torch.Tensor
+    last: torch.Tensor
+    valid: torch.Tensor
+    pad: torch.Tensor
+
+    def mask(self, name: str) -> torch.Tensor:
+        if name not in GROUPS:
+            raise ValueError(f"unknown token group '{name}' (known: {', '.join(GROUPS)})")
+        return getattr(self, name)
+
+
+@dataclass
+class Encoded:
+    """One sample's processor outputs (batch dim 1, unpadded) and the [start, end) span of its question tokens."""
+
+    inputs: dict[str, torch.Tensor]
+    question_span: tuple[int, int]
+
+    @property
+    def length(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+
+@dataclass
+class Batch:
+    """Left-padded model inputs for several samples; the last position of every row is the answer position."""
+
+    inputs: dict[str, torch.Tensor]
+    groups: TokenGroups
+    items: list[Encoded]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Adapter:
+    """A loaded model + processor of one family, behind the interface every vrprobe module uses."""
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: text that immediately precedes the answer in the prompt, and the separator before the answer
+    answer_anchor: ClassVar[str] = ""
+    answer_sep: ClassVar[str] = ""
+    #: value given to each per-token input for appended (answer) tokens; keys not named get 0
+    continuation_fill: ClassVar[dict[str, int]] = {"attention_mask": 1}
+
+    def __init__(self, model: Any, processor: Any, *, name: str = "") -> None:
+        self.model = model
+        self.processor = processor
+        self.name = name or getattr(model.config, "_name_or_path", "") or self.family
+        self._empty_cache: dict[int, list[int]] = {}
+        self._answer_cache: dict[str, list[int]] = {}
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    @classmethod
+    def load_processor(cls, path: Path) -> Any:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(str(path))
+
+    @classmethod
+    def load(
+        cls, path: Path, *, attn_implementation: str = "vrprobe", dtype: torch.dtype | None = None, name: str = ""
+    ) -> Adapter:
+        """Load a local model directory through the Auto classes, as any Hugging Face checkpoint is loaded.
+
+        `attn_implementation` applies to the language model: "vrprobe" (default; eager attention that interventions can
+        edit and record, see `vrprobe.interventions.attention`) or "eager". The vision tower always uses eager.
+        """
+        from transformers import AutoModelForImageTextToText
+
+        if attn_implementation == "vrprobe":
+            from vrprobe.interventions.attention import register
+
+            register()
+        model = AutoModelForImageTextToText.from_pretrained(
+            str(path),
+            attn_implementation={"text_config": attn_implementation, "vision_config": "eager"},
+            dtype=dtype or torch.float32,
+        )
+        model.eval()
+        return cls(model, cls.load_processor(path), name=name or str(path))
+
+    # ---- facts read from the model -------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def decoder_layers(self) -> Any:
+        """The language model's decoder layers (a ModuleList), found through `get_decoder()`."""
+        return self.model.get_decoder().layers
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from the last decoder layer's output: the decoder's final norm, the LM head, and the
+        family's final logit soft-capping when its config sets one."""
+        norm = getattr(self.model.get_decoder(), "norm", None)
+        if norm is None:
+            raise ValueError(f"{type(self.model.get_decoder()).__name__} has no final norm")
+        logits = self.model.get_output_embeddings()(norm(hidden))
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- prompts and encoding ------------------------------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        """The family's prompt for a question (the processor expands the image placeholder)."""
+        raise NotImplementedError
+
+    def _process(self, image: Image.Image, text: str) -> dict[str, torch.Tensor]:
+        out = self.processor(text=[text], images=[image], return_tensors="pt")
+        return {k: v for k, v in out.items() if k not in DROP_KEYS}
+
+    def encode_one(self, image: Image.Image, question: str) -> Encoded:
+        """Process one sample; the question span is where its ids differ from the same prompt with no question."""
+        inputs = self._process(image, self.prompt(question))
+        ids = inputs["input_ids"][0].tolist()
+        n_img = sum(1 for t in ids if t == self.image_token_id)
+        if n_img == 0:
+            raise ValueError(f"{self.family}: the processor produced no image tokens (id {self.image_token_id})")
+        if n_img not in self._empty_cache:
+            self._empty_cache[n_img] = self._process(image, self.prompt(""))["input_ids"][0].tolist()
+        empty = self._empty_cache[n_img]
+        start = 0
+        while start < min(len(ids), len(empty)) and ids[start] == empty[start]:
+            start += 1
+        tail = 0
+        while tail < min(len(ids), len(empty)) - start and ids[-1 - tail] == empty[-1 - tail]:
+            tail += 1
+        end = len(ids) - tail
+        return Encoded(inputs=inputs, question_span=(start, end))
+
+    def extend(self, item: Encoded, ids: Sequence[int]) -> Encoded:
+        """Append tokens (an answer continuation) to one encoded sample, filling its per-token inputs."""
+        n = len(ids)
+        inputs = dict(item.inputs)
+        for key in TEXT_KEYS:
+            if key not in inputs:
+                continue
+            if key == "input_ids":
+                tail = torch.tensor([list(ids)], dtype=inputs[key].dtype)
+            else:
+                tail = torch.full((1, n), self.continuation_fill.get(key, 0), dtype=inputs[key].dtype)
+            inputs[key] = torch.cat([inputs[key], tail], dim=1)
+        return Encoded(inputs=inputs, question_span=item.question_span)
+
+    def collate(self, items: Sequence[Encoded]) -> Batch:
+        """Left-pad per-token inputs to a common length and concatenate per-image inputs."""
+        width = max(it.length for it in items)
+        inputs: dict[str, torch.Tensor] = {}
+        for key in items[0].inputs:
+            parts = [it.inputs[key] for it in items]
+            if key in TEXT_KEYS:
+                fill = self.pad_token_id if key == "input_ids" else 0
+                parts = [torch.cat([torch.full((1, width - p.shape[1]), fill, dtype=p.dtype), p], 1) for p in parts]
+            inputs[key] = torch.cat(parts, 0)
+        image = inputs["input_ids"] == self.image_token_id
+        question = torch.zeros_like(image)
+        for row, it in enumerate(items):
+            offset = width - it.length
+            question[row, offset + it.question_span[0] : offset + it.question_span[1]] = True
+        last = torch.zeros_like(image)
+        last[:, -1] = True
+        dev = self.device
+        inputs = {k: v.to(dev) for k, v in inputs.items()}
+        pad = torch.tensor([width - it.length for it in items])
+        valid = torch.arange(width)[None, :] >= pad[:, None]
+        groups = TokenGroups(image=image, question=question, last=last, valid=valid, pad=pad)
+        return Batch(inputs=inputs, groups=groups, items=list(items))
+
+    def encode(self, images: Sequence[Image.Image], questions: Sequence[str]) -> Batch:
+        return self.collate([self.encode_one(im, q) for im, q in zip(images, questions, strict=True)])
+
+    # ---- running and scoring -------------------------------------------------------------------------------
+    def image_feature_kwargs(self) -> dict[str, Any]:
+        """Extra arguments the family's `get_image_features` needs (LLaVA: its feature layer and strategy)."""
+        return {}
+
+    def image_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Projected image features [B, n_image_tokens, D]: what the decoder receives at the image positions."""
+        image_inputs = {k: v for k, v in inputs.items() if k not in TEXT_KEYS}
+        feats = self.model.get_image_features(**image_inputs, **self.image_feature_kwargs()).pooler_output
+        return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+    def forward(self, batch: Batch, **kwargs: Any) -> Any:
+        return self.model(**batch.inputs, **kwargs)
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of `answer` as it follows the prompt: ids(anchor + sep + answer) minus ids(anchor)."""
+        if answer not in self._answer_cache:
+            tok = self.tokenizer
+            base = tok(self.answer_anchor, add_special_tokens=False)["input_ids"]
+            full = tok(self.answer_anchor + self.answer_sep + answer, add_special_tokens=False)["input_ids"]
+            if full[: len(base)] != base or len(full) == len(base):
+                full = base + tok(answer, add_special_tokens=False)["input_ids"]
+            self._answer_cache[answer] = list(full[len(base) :])
+        return self._answer_cache[answer]
+
+    @torch.no_grad()
+    def score_candidates(self, batch: Batch, candidates: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """Log-likelihood (nats) of each candidate answer's full token sequence given the prompt.
+
+        Returns, per sample, a float tensor [C]: sum over the candidate's tokens of log p(token | prompt, previous
+        answer tokens). When every candidate is one token this is read off a single forward of the prompt;
+        otherwise each sample's candidates are appended and run as one batch.
+        """
+        cand_ids = [[self.answer_ids(c) for c in row] for row in candidates]
+        if all(len(ids) == 1 for row in cand_ids for ids in row):
+            logp = self.forward(batch).logits[:, -1].float().log_softmax(-1)
+            return [logp[i, [ids[0] for ids in row]] for i, row in enumerate(cand_ids)]
+        out = []
+        for item, row in zip(batch.items, cand_ids, strict=True):
+            sub = self.collate([self.extend(item, ids) for ids in row])
+            logp = self.forward(sub).logits.float().log_softmax(-1)
+            width = logp.shape[1]
+            scores = []
+            for c, ids in enumerate(row):
+                pos = torch.arange(width - 1 - len(ids), width - 1)
+                scores.append(logp[c, pos, torch.tensor(ids)].sum())
+            out.append(torch.stack(scores))
+        return out

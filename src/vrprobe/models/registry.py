@@ -1,0 +1,87 @@
+"""Model specs → adapters.
+
+Spec forms: `zoo:NAME` (a checkpoint shipped inside vrprobe), `hf:ORG/NAME` (the local Hugging Face cache only; nothing
+is downloaded), or a path to a local model directory laid out as `save_pretrained` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from vrprobe.errors import UsageError, VrprobeError
+from vrprobe.models.base import Adapter
+from vrprobe.models.llava import LlavaAdapter
+from vrprobe.models.paligemma import PaliGemmaAdapter
+from vrprobe.models.qwen2vl import Qwen2VLAdapter
+
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, PaliGemmaAdapter, Qwen2VLAdapter)
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo" / "checkpoints"
+ZOO_NAMES = ("llava", "paligemma", "qwen2vl")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def resolve(spec: str) -> Path:
+    """The local directory a model spec names; raises a one-line error when it is not there."""
+    if spec.startswith("zoo:"):
+        name = spec[4:]
+        if name not in ZOO_NAMES:
+            raise UsageError(f"unknown zoo model '{name}' (known: {', '.join('zoo:' + n for n in ZOO_NAMES)})")
+        path = ZOO_DIR / name
+        if not (path / "config.json").is_file():
+            raise VrprobeError(f"zoo model '{name}' is not trained yet: run `vrprobe zoo train {name}`")
+        return path
+    if spec.startswith("hf:"):
+        repo = spec[3:]
+        if repo.count("/") != 1:
+            raise UsageError(f"hf spec is hf:ORG/NAME, got '{spec}'")
+        from huggingface_hub import snapshot_download
+
+        try:
+            cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at import
+            return Path(snapshot_download(repo, local_files_only=True, cache_dir=cache_dir))
+        except Exception:
+            raise VrprobeError(
+                f"'{repo}' is not in the local Hugging Face cache (vrprobe never downloads); "
+                "save it there or pass its directory"
+            ) from None
+    if ":" in spec.split("/")[0] and not Path(spec).exists():
+        raise UsageError(f"unknown model spec '{spec}' (use zoo:NAME, hf:ORG/NAME or a directory)")
+    path = Path(spec)
+    if not path.is_dir():
+        raise VrprobeError(f"model directory not found: {spec}")
+    return path
+
+
+def family_of(path: Path) -> type[Adapter]:
+    """The adapter class for a model directory, from `config.json`'s `model_type`."""
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise VrprobeError(f"{path} has no config.json: not a model directory")
+    try:
+        model_type = json.loads(cfg_file.read_text()).get("model_type")
+    except json.JSONDecodeError:
+        raise VrprobeError(f"malformed JSON in {cfg_file}") from None
+    for cls in ADAPTERS:
+        if model_type in cls.model_types:
+            return cls
+    known = ", ".join(t for c in ADAPTERS for t in c.model_types)
+    raise VrprobeError(f"{path}: model_type '{model_type}' is not supported (supported: {known})")
+
+
+def load_adapter(spec: str, *, attn_implementation: str = "vrprobe", dtype: torch.dtype | None = None) -> Adapter:
+    """Resolve a spec, check the directory has processor and tokenizer files, and load it with its family adapter."""
+    path = resolve(spec)
+    cls = family_of(path)
+    if not any((path / f).is_file() for f in PROCESSOR_FILES):
+        raise VrprobeError(f"{path} has no processor files ({' or '.join(PROCESSOR_FILES)}): save the processor too")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise VrprobeError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    try:
+        return cls.load(path, attn_implementation=attn_implementation, dtype=dtype, name=spec)
+    except OSError as exc:
+        raise VrprobeError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,213 @@
+"""Tiny configs of LLaVA, PaliGemma and Qwen2-VL, an offline word-level tokenizer, and the real processors.
+
+All three see 64×64 images as 16 image tokens and share one text-model shape: hidden 128, 8 decoder layers, 4 heads,
+MLP 256 (so layer bands mean something). Vocabulary: every word of the easy-VQA questions and answers and of the three
+prompt templates, lower-cased, plus each family's special tokens (~60 tokens; PaliGemma's processor adds its 1,152
+`<loc>`/`<seg>` tokens).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    GemmaConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    PaliGemmaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+)
+
+from vrprobe.models.base import Adapter
+from vrprobe.models.llava import LlavaAdapter
+from vrprobe.models.paligemma import PaliGemmaAdapter
+from vrprobe.models.qwen2vl import Qwen2VLAdapter, Qwen2VLImageOnlyProcessor
+
+IMAGE_SIZE = 64
+TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4)
+SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
+FAMILY_SPECIAL = {
+    "llava": ["<image>"],
+    "paligemma": ["<image>"],
+    "qwen2vl": ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+}
+ADAPTER_CLASSES: dict[str, type[Adapter]] = {
+    "llava": LlavaAdapter,
+    "paligemma": PaliGemmaAdapter,
+    "qwen2vl": Qwen2VLAdapter,
+}
+
+
+def corpus() -> list[str]:
+    """Texts whose words make the vocabulary: easy-VQA questions and answers, and the prompt templates."""
+    import easy_vqa
+
+    texts = list(easy_vqa.get_train_questions()[0]) + list(easy_vqa.get_test_questions()[0])
+    texts += list(easy_vqa.get_answers())
+    texts += [
+        LlavaAdapter.prompt(None, ""),
+        PaliGemmaAdapter.prompt(None, ""),
+        Qwen2VLAdapter.prompt(Qwen2VLAdapter, ""),
+    ]
+    return texts
+
+
+def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
+    """A lower-casing WordLevel tokenizer over `corpus()`, with the family's special tokens; adds no BOS/EOS."""
+    specials = SPECIAL + FAMILY_SPECIAL[family]
+    normalizer = normalizers.Lowercase()
+    pre = pre_tokenizers.Whitespace()
+    words: set[str] = set()
+    for text in corpus():
+        for tok in specials:
+            text = text.replace(tok, " ")
+        words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    vocab = {t: i for i, t in enumerate(specials + sorted(words))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    tok.add_special_tokens({"additional_special_tokens": FAMILY_SPECIAL[family]})
+    tok.padding_side = "left"
+    return tok
+
+
+def build_processor(family: str) -> Any:
+    tok = build_tokenizer(family)
+    side = IMAGE_SIZE
+    if family == "llava":
+        ip = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        return LlavaProcessor(
+            image_processor=ip,
+            tokenizer=tok,
+            patch_size=16,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
+    if family == "paligemma":
+        ip = SiglipImageProcessorPil(size={"height": side, "width": side})
+        ip.image_seq_length = (side // 16) ** 2
+        return PaliGemmaProcessor(image_processor=ip, tokenizer=tok)
+    if family == "qwen2vl":
+        ip = Qwen2VLImageProcessorPil(
+            patch_size=8,
+            merge_size=2,
+            temporal_patch_size=2,
+            size={"shortest_edge": side * side, "longest_edge": side * side},
+        )
+        return Qwen2VLImageOnlyProcessor(image_processor=ip, tokenizer=tok)
+    raise ValueError(f"unknown zoo family '{family}'")
+
+
+def build_model(family: str, processor: Any, seed: int = 0) -> Any:
+    """A freshly initialised tiny model of the family, sized to the processor's vocabulary (seeded)."""
+    tok = processor.tokenizer
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    if family == "llava":
+        vc = CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=16,
+        )
+        tc = LlamaConfig(vocab_size=len(tok), num_key_value_heads=4, max_position_embeddings=512, **TEXT, **ids)
+        cfg = LlavaConfig(
+            vision_config=vc,
+            text_config=tc,
+            image_token_id=tok.convert_tokens_to_ids("<image>"),
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
+        return LlavaForConditionalGeneration(cfg)
+    if family == "paligemma":
+        vc = SiglipVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=16,
+        )
+        tc = GemmaConfig(
+            vocab_size=len(tok), num_key_value_heads=1, head_dim=32, max_position_embeddings=512, **TEXT, **ids
+        )
+        cfg = PaliGemmaConfig(
+            vision_config=vc,
+            text_config=tc,
+            image_token_id=tok.convert_tokens_to_ids("<image>"),
+            projection_dim=TEXT["hidden_size"],
+        )
+        return PaliGemmaForConditionalGeneration(cfg)
+    if family == "qwen2vl":
+        vc = dict(
+            depth=2,
+            embed_dim=64,
+            hidden_size=TEXT["hidden_size"],
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=8,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        )
+        tc = dict(
+            vocab_size=len(tok),
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+            **TEXT,
+            **ids,
+        )
+        cfg = Qwen2VLConfig(
+            vision_config=vc,
+            text_config=tc,
+            image_token_id=processor.image_token_id,
+            vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+            vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+            **ids,
+        )
+        return Qwen2VLForConditionalGeneration(cfg)
+    raise ValueError(f"unknown zoo family '{family}'")
+
+
+def build_adapter(family: str, seed: int = 0) -> Adapter:
+    """Processor first (PaliGemma's adds tokens), then the model, wrapped in the family's adapter."""
+    processor = build_processor(family)
+    model = build_model(family, processor, seed)
+    return ADAPTER_CLASSES[family](model, processor, name=f"zoo:{family}")
+
+
+def save_checkpoint(adapter: Adapter, out: Path) -> None:
+    """`save_pretrained` model and processor, laid out as the family's real checkpoints are.
+
+    The image-only Qwen2-VL processor is saved under the stock class name, so the folder reads as a Qwen2-VL
+    checkpoint (vrprobe picks the image-only class again when torchvision is missing).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    adapter.model.save_pretrained(str(out))
+    adapter.processor.save_pretrained(str(out))
+    cfg_file = out / "processor_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("processor_class") == Qwen2VLImageOnlyProcessor.__name__:
+        cfg["processor_class"] = "Qwen2VLProcessor"
+        cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,113 @@
+"""`vrprobe eval` and `vrprobe zoo train` end to end through the console entry point, and their error paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli
+from vrprobe.data.easy_vqa import package_root
+from vrprobe.models.registry import ZOO_DIR
+
+RECORD_COLUMNS = {
+    "sample_id",
+    "question",
+    "question_type",
+    "answers",
+    "predicted",
+    "confidence",
+    "correct",
+    "choices",
+    "probs",
+}
+
+
+def test_eval_writes_records_and_summary(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli(
+        "eval",
+        "--model",
+        "zoo:llava",
+        "--data",
+        "easy-vqa:test",
+        "--limit",
+        "24",
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 24
+    assert set(summary["accuracy_by_type"]) == {"yes/no", "color", "shape"}
+    assert summary["model"]["family"] == "llava" and summary["model"]["params"] > 1e6
+    table = pq.read_table(sorted((out / "records").glob("*.parquet"))[0])
+    assert set(table.column_names) >= RECORD_COLUMNS and table.num_rows == 24
+    rows = table.to_pylist()
+    assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 24)
+    # same command again: refused without --overwrite, nothing changed
+    again = run_cli("eval", "--model", "zoo:llava", "--data", "easy-vqa:test", "--limit", "24", "--out", str(out))
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+def _fake_easy_vqa(root, *, corrupt: bool = False, empty: bool = False):
+    src = package_root()
+    (root / "test" / "images").mkdir(parents=True)
+    shutil.copy(src / "answers.txt", root / "answers.txt")
+    rows = [] if empty else json.loads((src / "test" / "questions.json").read_text())[:4]
+    for _, _, image_id in rows:
+        shutil.copy(src / "test" / "images" / f"{image_id}.png", root / "test" / "images" / f"{image_id}.png")
+    if corrupt:
+        (root / "test" / "images" / f"{rows[0][2]}.png").write_bytes(b"not a png at all")
+    (root / "test" / "questions.json").write_text(json.dumps(rows))
+
+
+@pytest.mark.parametrize(
+    "case", ["unknown-spec", "missing-dir", "no-processor", "corrupt-image", "empty-dataset", "bad-data-spec"]
+)
+def test_bad_inputs_give_one_line_and_nothing_written(tmp_path, case):
+    model, data = "zoo:llava", "easy-vqa:test"
+    if case == "unknown-spec":
+        model = "zoo:nonexistent"
+    elif case == "missing-dir":
+        model = str(tmp_path / "no-such-model")
+    elif case == "no-processor":
+        model = str(tmp_path / "model")
+        (tmp_path / "model").mkdir()
+        for f in ("config.json", "model.safetensors"):
+            shutil.copy(ZOO_DIR / "llava" / f, tmp_path / "model" / f)
+    elif case in ("corrupt-image", "empty-dataset"):
+        _fake_easy_vqa(tmp_path / "data", corrupt=case == "corrupt-image", empty=case == "empty-dataset")
+        data = f"easy-vqa:{tmp_path / 'data'}:test"
+    elif case == "bad-data-spec":
+        data = "coco:test"
+    out = tmp_path / "out"
+    res = run_cli("eval", "--model", model, "--data", data, "--out", str(out), "--limit", "4")
+    assert res.returncode in (1, 2)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging left behind
+
+
+def test_version_and_help():
+    res = run_cli("--version")
+    assert res.returncode == 0 and res.stdout.startswith("vrprobe ")
+    res = run_cli("eval", "--help")
+    assert res.returncode == 0 and "Example:" in res.stdout
+
+
+@pytest.mark.slow
+def test_zoo_train_runs_a_few_steps_and_loads(tmp_path):
+    out = tmp_path / "tiny"
+    res = run_cli("zoo", "train", "qwen2vl", "--out", str(out), "--stage1-steps", "2", "--stage2-steps", "3")
+    assert res.returncode == 0, res.stderr
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["config"]["stage2_steps"] == 3
+    res = run_cli("eval", "--model", str(out), "--data", "easy-vqa:test", "--limit", "4", "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
