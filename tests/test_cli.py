@@ -111,3 +111,87 @@ def test_zoo_train_runs_a_few_steps_and_loads(tmp_path):
     assert log["config"]["stage2_steps"] == 3
     res = run_cli("eval", "--model", str(out), "--data", "easy-vqa:test", "--limit", "4", "--out", str(tmp_path / "r"))
     assert res.returncode == 0, res.stderr
+
+
+def test_trace_and_corrupt_commands(tmp_path):
+    out = tmp_path / "trace"
+    res = run_cli(
+        "trace",
+        "--model",
+        "zoo:qwen2vl",
+        "--data",
+        "easy-vqa:test",
+        "--limit",
+        "3",
+        "--out",
+        str(out),
+        "--noise-samples",
+        "2",
+        "--kinds",
+        "resid,mlp",
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and summary["sigma"] > 0
+    assert {c["kind"] for c in summary["grid"]} == {"resid", "mlp"}
+    assert len(summary["grid"]) == 2 * 8 * 3
+    table = pq.read_table(sorted((out / "traces").glob("*.parquet"))[0])
+    assert {
+        "sample_id",
+        "kind",
+        "layer",
+        "group",
+        "effect",
+        "p_restored",
+        "p_corrupted",
+        "p_clean",
+        "clean_correct",
+    } <= set(table.column_names)
+    assert table.num_rows == 3 * 2 * 8 * 3
+    out = tmp_path / "band"
+    res = run_cli(
+        "corrupt",
+        "--model",
+        "zoo:qwen2vl",
+        "--data",
+        "easy-vqa:test",
+        "--limit",
+        "12",
+        "--out",
+        str(out),
+        "--band",
+        "auto",
+        "--trace-limit",
+        "3",
+        "--target",
+        "both",
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "band",
+        "accuracy_clean",
+        "accuracy_corrupted",
+        "drop_abs",
+        "drop_rel",
+        "sharpness_clean",
+        "sharpness_corrupted",
+    ):
+        assert key in summary
+    assert len(summary["band"]) == 2 and summary["band"][0] <= summary["band"][1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["trace", "--kinds", "heads"], "unknown restoration kind"),
+        (["corrupt", "--band", "3-99"], "out of range"),
+        (["corrupt", "--band", "2-3", "--target", "weights"], "target"),
+    ],
+)
+def test_trace_and_corrupt_errors(tmp_path, args, message):
+    out = tmp_path / "out"
+    res = run_cli(*args, "--model", "zoo:llava", "--data", "easy-vqa:test", "--limit", "2", "--out", str(out))
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()

@@ -23,6 +23,13 @@ from rich.progress import (
 from vrprobe import __version__
 from vrprobe.errors import UsageError, VrprobeError
 
+
+def dataclass_dict(obj) -> dict:
+    from dataclasses import asdict
+
+    return asdict(obj)
+
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -97,6 +104,142 @@ def eval_cmd(
     s = result.summary
     by_type = "  ".join(f"{t} {a:.3f}" for t, a in s["accuracy_by_type"].items())
     typer.echo(f"{model}: n={s['n']} accuracy={s['accuracy']:.3f} ({by_type}) -> {out}")
+
+
+def _traced(adapter, dataset, cfg, *, sigma_samples, label: str):
+    from vrprobe.tracing import trace_dataset
+
+    with progress_bar(label, len(dataset)) as bar:
+        return trace_dataset(
+            adapter, dataset.samples, cfg, calibration=sigma_samples, progress=lambda k: bar.advance(0, k)
+        )
+
+
+@app.command("trace")
+def trace_cmd(
+    model: Annotated[str, typer.Option(help="zoo:NAME, hf:ORG/NAME (local cache only) or a model directory.")],
+    data: Annotated[str, typer.Option(help="Dataset spec, e.g. easy-vqa:test.")],
+    out: Annotated[Path, typer.Option(help="Run directory to write (traces/*.parquet, summary.json).")],
+    limit: Annotated[int | None, typer.Option(help="Trace a deterministic, type-stratified subset of N.")] = None,
+    kinds: Annotated[str, typer.Option(help="Restoration kinds, comma-separated: resid,mlp,attn.")] = "resid,mlp,attn",
+    noise_samples: Annotated[int, typer.Option(help="Noise draws per sample (N).")] = 10,
+    noise: Annotated[float, typer.Option(help="Noise scale k, in units of σ (embedding std over image tokens).")] = 3.0,
+    window: Annotated[int, typer.Option(help="Layers restored together for mlp/attn (ROME's window).")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed for the subset and the noise.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Causal tracing: clean, corrupted (noise on image-token embeddings) and restored runs per sample.
+
+    Effect of (kind, layer, group) = p(target | one clean state restored) − p(target | corrupted), averaged over noise
+    draws. Example: vrprobe trace --model zoo:llava --data easy-vqa:test --limit 50 --out runs/trace-llava
+    """
+    from vrprobe.data import load_dataset
+    from vrprobe.models import load_adapter
+    from vrprobe.runs import check_out, write_run
+    from vrprobe.tracing import DEFINITIONS, TraceConfig
+
+    check_out(out, overwrite)
+    cfg = TraceConfig(
+        kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+        noise=noise,
+        noise_samples=noise_samples,
+        window=window,
+        seed=seed,
+    )
+    dataset = load_dataset(data, limit=limit, seed=seed)
+    adapter = load_adapter(model)
+    result = _traced(adapter, dataset, cfg, sigma_samples=None, label=f"trace {model}")
+    rows = [row for t in result.traces for row in t.rows()]
+    summary = {
+        "model": {"spec": model, "family": adapter.family, "params": adapter.num_params},
+        "data": data,
+        "n": len(result.traces),
+        "sigma": result.sigma,
+        "config": dataclass_dict(cfg),
+        "grid": result.grid,
+        "clean_accuracy": sum(t.clean_correct for t in result.traces) / len(result.traces),
+        "definitions": DEFINITIONS,
+    }
+    write_run(out, records=rows, summary=summary, overwrite=overwrite, records_name="traces")
+    top = sorted((c for c in result.grid if c["kind"] == "resid"), key=lambda c: -c["effect"])[:3]
+    typer.echo(
+        f"{model}: traced {len(result.traces)} samples; strongest resid states: "
+        + ", ".join(f"layer {c['layer']} {c['group']} {c['effect']:+.3f}" for c in top)
+        + f" -> {out}"
+    )
+
+
+@app.command("corrupt")
+def corrupt_cmd(
+    model: Annotated[str, typer.Option(help="zoo:NAME, hf:ORG/NAME (local cache only) or a model directory.")],
+    data: Annotated[str, typer.Option(help="Dataset spec, e.g. easy-vqa:test.")],
+    out: Annotated[Path, typer.Option(help="Run directory to write (records/*.parquet, summary.json).")],
+    band: Annotated[str, typer.Option(help="Layers A-B (inclusive), or 'auto': the band tracing finds.")],
+    target: Annotated[str, typer.Option(help="What to corrupt: hidden, attention or both.")] = "hidden",
+    noise: Annotated[float, typer.Option(help="k: noise of k·σ_l on hidden states, std k on attention logits.")] = 3.0,
+    positions: Annotated[str, typer.Option(help="Token positions corrupted: image or all.")] = "image",
+    limit: Annotated[int | None, typer.Option(help="Use a deterministic, type-stratified subset of N.")] = None,
+    trace_limit: Annotated[int, typer.Option(help="Samples traced to find the band when --band auto.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for the subset and the noise.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Band corruption: noise on a band of layers; accuracy and attention sharpness, clean vs corrupted.
+
+    Example: vrprobe corrupt --model zoo:llava --data easy-vqa:test --limit 500 --band auto --out runs/band-llava
+    """
+    from vrprobe.band import DEFINITIONS as band_definitions
+    from vrprobe.band import auto_band, corrupt_band, parse_band
+    from vrprobe.data import load_dataset, stratified_subset
+    from vrprobe.models import load_adapter
+    from vrprobe.runs import check_out, write_run
+    from vrprobe.tracing import TraceConfig
+
+    check_out(out, overwrite)
+    dataset = load_dataset(data, limit=limit, seed=seed)
+    adapter = load_adapter(model)
+    if band == "auto":
+        from vrprobe.data import Dataset
+
+        subset = Dataset(dataset.spec, stratified_subset(dataset.samples, trace_limit, seed))
+        traced = _traced(
+            adapter,
+            subset,
+            TraceConfig(kinds=("resid",), seed=seed),
+            sigma_samples=None,
+            label="trace (finding the band)",
+        )
+        layers = auto_band(traced.grid, adapter.num_layers)
+    else:
+        layers = parse_band(band, adapter.num_layers)
+    with progress_bar(f"corrupt {model} layers {layers[0]}-{layers[1]}", len(dataset)) as bar:
+        result = corrupt_band(
+            adapter,
+            dataset.samples,
+            layers,
+            target=target,
+            positions=positions,
+            noise=noise,
+            seed=seed,
+            batch_size=batch_size,
+            progress=lambda k: bar.advance(0, k),
+        )
+    summary = {
+        "model": {"spec": model, "family": adapter.family, "params": adapter.num_params},
+        "data": data,
+        **result.summary(),
+        "band_source": band,
+        "definitions": band_definitions,
+    }
+    rows = [{**r, "condition": "clean"} for r in result.clean] + [
+        {**r, "condition": "corrupted"} for r in result.corrupted
+    ]
+    write_run(out, records=rows, summary=summary, overwrite=overwrite)
+    typer.echo(
+        f"{model}: band {layers[0]}-{layers[1]} accuracy {summary['accuracy_clean']:.3f} -> "
+        f"{summary['accuracy_corrupted']:.3f} (drop {summary['drop_abs']:.3f}); sharpness "
+        f"{summary['sharpness_clean']:.3f} -> {summary['sharpness_corrupted']:.3f} nats -> {out}"
+    )
 
 
 @zoo_app.command("train")

@@ -18,7 +18,10 @@ import torch
 
 from vrprobe.data import Dataset, Sample
 from vrprobe.errors import VrprobeError
-from vrprobe.models import Adapter, Batch
+from vrprobe.interventions import Site, intervene
+from vrprobe.interventions.hooks import Edit
+from vrprobe.metrics.sharpness import image_attention_entropy, normalised_entropy
+from vrprobe.models import Adapter, Batch, TokenGroups
 
 DEFINITIONS = {
     "confidence": "softmax over the candidate answers of each candidate's summed token log-likelihood given the "
@@ -26,6 +29,9 @@ DEFINITIONS = {
     "correct": "1 if the predicted candidate equals a reference answer (case-insensitive), else 0",
     "accuracy": "mean of correct over samples",
     "accuracy_by_type": "mean of correct within each question type",
+    "sharpness": "entropy (nats) of the answer (last) position's attention over the image tokens, renormalised over "
+    "them, averaged over heads and then layers; lower = sharper",
+    "sharpness_norm": "sharpness / log(#image tokens), in [0, 1]",
 }
 
 Progress = Callable[[int], None]
@@ -45,32 +51,59 @@ def is_correct(predicted: str, answers: Sequence[str]) -> float:
     return float(any(p == a.strip().lower() for a in answers))
 
 
-def score_batch(adapter: Adapter, samples: Sequence[Sample], batch: Batch | None = None) -> list[dict[str, Any]]:
-    """Encode (unless `batch` is given) and score samples; returns their records (definitions: module docstring)."""
+def score_batch(
+    adapter: Adapter,
+    samples: Sequence[Sample],
+    batch: Batch | None = None,
+    *,
+    edits: Sequence[Edit] = (),
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Encode (unless `batch` is given) and score samples, optionally under interventions `edits`; returns records.
+
+    The prompt forward that gives the answer also records the answer position's attention at every layer, so
+    sharpness costs no second pass (when the model runs vrprobe's attention function).
+    """
     for s in samples:
         if not s.choices:
             raise VrprobeError(f"sample {s.id} has no candidate answers; only closed-set scoring is available")
     if batch is None:
         batch = adapter.encode([s.load_image() for s in samples], [s.question for s in samples])
-    loglik = adapter.score_candidates(batch, [s.choices for s in samples])
+    attn_site = Site("attn_probs", tuple(range(adapter.num_layers)), "last")
+    record = [attn_site] if adapter.records_attention else []
+    with intervene(adapter, batch.groups, edits=edits, record=record, seed=seed) as rec:
+        last_logits = adapter.forward(batch, use_cache=False).logits[:, -1]
+
+    def context(groups: TokenGroups):
+        return intervene(adapter, groups, edits=edits, seed=seed)
+
+    loglik = adapter.score_candidates(
+        batch, [s.choices for s in samples], last_logits=last_logits, context=context if edits else None
+    )
+    entropy = image_attention_entropy(rec[attn_site], batch.groups.image) if record else None  # [L, B, H]
+    n_image = batch.groups.image.sum(1)
     records = []
-    for s, ll in zip(samples, loglik, strict=True):
+    for i, (s, ll) in enumerate(zip(samples, loglik, strict=True)):
         probs = torch.softmax(ll.double(), dim=0)
         k = int(torch.argmax(probs))
         predicted = s.choices[k]
-        records.append(
-            {
-                "sample_id": s.id,
-                "question": s.question,
-                "question_type": s.question_type,
-                "answers": list(s.answers),
-                "predicted": predicted,
-                "confidence": float(probs[k]),
-                "correct": is_correct(predicted, s.answers),
-                "choices": list(s.choices),
-                "probs": [float(p) for p in probs],
-            }
-        )
+        r = {
+            "sample_id": s.id,
+            "question": s.question,
+            "question_type": s.question_type,
+            "answers": list(s.answers),
+            "predicted": predicted,
+            "confidence": float(probs[k]),
+            "correct": is_correct(predicted, s.answers),
+            "choices": list(s.choices),
+            "probs": [float(p) for p in probs],
+        }
+        if entropy is not None:
+            by_layer = entropy[:, i].mean(-1)
+            r["sharpness"] = float(by_layer.mean())
+            r["sharpness_norm"] = float(normalised_entropy(by_layer.mean(), int(n_image[i])))
+            r["entropy_by_layer"] = [float(x) for x in by_layer]
+        records.append(r)
     return records
 
 

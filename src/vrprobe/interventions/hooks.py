@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from vrprobe.errors import UsageError
-from vrprobe.interventions.attention import HOOK_ATTR, NAME, AttentionHook
+from vrprobe.interventions.attention import HOOK_ATTR, AttentionHook
 from vrprobe.interventions.ops import AttentionIntervention, HiddenIntervention
 from vrprobe.interventions.sites import Site
 from vrprobe.models.base import Adapter, TokenGroups
@@ -58,7 +58,7 @@ def _first(output: Any) -> torch.Tensor:
 def check_sites(adapter: Adapter, sites: Sequence[Site]) -> None:
     for site in sites:
         site.check(adapter.num_layers)
-        if site.component == "attn_probs" and adapter.model.config.get_text_config()._attn_implementation != NAME:
+        if site.component == "attn_probs" and not adapter.records_attention:
             raise UsageError("attention sites need the model loaded with vrprobe's attention function")
 
 

@@ -11,7 +11,8 @@ samples + `TokenGroups`), `TokenGroups` (boolean masks [B, T] for `image`, `ques
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -148,6 +149,11 @@ class Adapter:
         return torch.tanh(logits / cap) * cap if cap else logits
 
     @property
+    def records_attention(self) -> bool:
+        """Whether the language model runs vrprobe's attention function (attention can be recorded and edited)."""
+        return self.model.config.get_text_config()._attn_implementation == "vrprobe"
+
+    @property
     def num_layers(self) -> int:
         return len(self.decoder_layers)
 
@@ -254,21 +260,35 @@ class Adapter:
         return self._answer_cache[answer]
 
     @torch.no_grad()
-    def score_candidates(self, batch: Batch, candidates: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+    def score_candidates(
+        self,
+        batch: Batch,
+        candidates: Sequence[Sequence[str]],
+        *,
+        last_logits: torch.Tensor | None = None,
+        context: Callable[[TokenGroups], AbstractContextManager[Any]] | None = None,
+    ) -> list[torch.Tensor]:
         """Log-likelihood (nats) of each candidate answer's full token sequence given the prompt.
 
         Returns, per sample, a float tensor [C]: sum over the candidate's tokens of log p(token | prompt, previous
-        answer tokens). When every candidate is one token this is read off a single forward of the prompt;
-        otherwise each sample's candidates are appended and run as one batch.
+        answer tokens). When every candidate is one token this is read off the prompt's last-position logits
+        (`last_logits` [B, V] when the caller already ran the prompt); otherwise each sample's candidates are appended
+        and run as one batch. `context(groups)`, when given, wraps every forward run here (e.g. an `intervene` block
+        built for that forward's token groups).
         """
+        wrap = context or (lambda groups: nullcontext())
         cand_ids = [[self.answer_ids(c) for c in row] for row in candidates]
         if all(len(ids) == 1 for row in cand_ids for ids in row):
-            logp = self.forward(batch).logits[:, -1].float().log_softmax(-1)
+            if last_logits is None:
+                with wrap(batch.groups):
+                    last_logits = self.forward(batch, use_cache=False).logits[:, -1]
+            logp = last_logits.float().log_softmax(-1)
             return [logp[i, [ids[0] for ids in row]] for i, row in enumerate(cand_ids)]
         out = []
         for item, row in zip(batch.items, cand_ids, strict=True):
             sub = self.collate([self.extend(item, ids) for ids in row])
-            logp = self.forward(sub).logits.float().log_softmax(-1)
+            with wrap(sub.groups):
+                logp = self.forward(sub, use_cache=False).logits.float().log_softmax(-1)
             width = logp.shape[1]
             scores = []
             for c, ids in enumerate(row):

@@ -1,0 +1,1 @@
+"""Metrics computed from recorded numbers; nothing here runs a model."""

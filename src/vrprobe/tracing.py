@@ -1,0 +1,417 @@
+"""Causal Tracing Engine: which hidden states the answer causally depends on, and band corruption.
+
+Per sample (ROME's causal tracing, for a VLM):
+- clean run; **corrupted** runs: Gaussian noise of k·σ on the image tokens' input embeddings (the first decoder layer's
+  input), N draws; **restored** runs: the corrupted run with one clean state put back — for kind `resid` the output of
+  layer l at the token group g; for `mlp`/`attn` the block outputs at g over a window of layers centred on l.
+- **p(target)**: probability (softmax over the whole vocabulary) of the target answer's first token at the answer (last)
+  position. Target = the gold answer when the sample has one, else the clean prediction.
+- **indirect effect** of (kind, l, g) = mean over draws of p_restored − mean over draws of p_corrupted (probability).
+- σ (`measure_sigma`): standard deviation of the input embeddings over the image-token span of a calibration set.
+
+Fast by construction: all draws of one sample and many restorations run as one batch; a restoration that starts at
+layer s reuses the corrupted run's state entering s instead of recomputing layers below s (the decoder layers are run
+directly, with the per-layer arguments captured from the clean forward, which broadcast over any batch size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vrprobe.data import Sample
+from vrprobe.errors import UsageError
+from vrprobe.evaluate import is_correct
+from vrprobe.interventions.hooks import _first, layer_parts
+from vrprobe.interventions.sites import positions_mask
+from vrprobe.models.base import Adapter, Batch
+
+KINDS = ("resid", "mlp", "attn")
+DEFINITIONS = {
+    "p_clean / p_corrupted / p_restored": "probability (softmax over the vocabulary) of the target answer's first "
+    "token at the answer position; target = the gold answer (else the clean prediction)",
+    "corrupted": "Gaussian noise of noise·sigma added to the image tokens' input embeddings (first decoder layer's "
+    "input), noise_samples draws; sigma = std of those embeddings over the traced samples' image tokens",
+    "effect": "indirect effect: mean over draws of p_restored minus mean over draws of p_corrupted (probability)",
+    "grid": "effect averaged over samples for each (kind, layer, group); resid = layer output, mlp/attn = block "
+    "outputs restored over a window of layers centred on layer",
+}
+TRACE_GROUPS = ("image", "question", "last")
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """Options of a trace: restoration kinds, token groups restored (image/question/last, or all), noise k (in σ),
+    draws N, window W (layers, for mlp/attn), seed, and the largest number of rows run in one forward."""
+
+    kinds: tuple[str, ...] = KINDS
+    groups: tuple[str, ...] = TRACE_GROUPS
+    noise: float = 3.0
+    noise_samples: int = 10
+    window: int = 3
+    seed: int = 0
+    max_rows: int = 1024
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise UsageError(f"unknown restoration kind {', '.join(bad) or '(none)'} (known: {', '.join(KINDS)})")
+        bad = [g for g in self.groups if g not in (*TRACE_GROUPS, "all")]
+        if bad or not self.groups:
+            raise UsageError(f"unknown token group {', '.join(bad) or '(none)'} (known: image, question, last, all)")
+        if self.noise_samples < 1 or self.window < 1:
+            raise UsageError("--noise-samples and --window must be at least 1")
+
+
+@dataclass
+class SampleTrace:
+    """One sample's trace: effect and p_restored per (kind, layer, group), as tensors [K, L, G]."""
+
+    sample_id: str
+    target: str
+    p_clean: float
+    p_corrupted: float
+    clean_correct: float
+    p_restored: torch.Tensor
+    kinds: tuple[str, ...]
+    groups: tuple[str, ...]
+
+    @property
+    def effect(self) -> torch.Tensor:
+        return self.p_restored - self.p_corrupted
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for k, kind in enumerate(self.kinds):
+            for layer in range(self.p_restored.shape[1]):
+                for g, group in enumerate(self.groups):
+                    p = float(self.p_restored[k, layer, g])
+                    out.append(
+                        {
+                            "sample_id": self.sample_id,
+                            "kind": kind,
+                            "layer": layer,
+                            "group": group,
+                            "effect": p - self.p_corrupted,
+                            "p_restored": p,
+                            "p_corrupted": self.p_corrupted,
+                            "p_clean": self.p_clean,
+                            "clean_correct": self.clean_correct,
+                            "target": self.target,
+                        }
+                    )
+        return out
+
+
+def window_layers(layer: int, window: int, num_layers: int) -> range:
+    """ROME's window: layers[max(0, l − W//2) : min(L, l + ceil(W/2))]."""
+    return range(max(0, layer - window // 2), min(num_layers, layer - (-window // 2)))
+
+
+@contextmanager
+def capture_layer_calls(adapter: Adapter) -> Iterator[list[tuple[tuple, dict]]]:
+    """Record the arguments (besides the hidden states) every decoder layer is called with, in layer order."""
+    calls: list[tuple[tuple, dict]] = []
+
+    def pre(module, args, kwargs):
+        calls.append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+
+    handles = [layer.register_forward_pre_hook(pre, with_kwargs=True) for layer in adapter.decoder_layers]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def patch_blocks(adapter: Adapter, patches: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Replace block outputs (kind in attn/mlp, layer) at mask [B, T] with a clean value [1, T, D]."""
+    handles = []
+    try:
+        for (kind, layer), (mask, clean) in patches.items():
+
+            def post(module, args, output, mask=mask, clean=clean):
+                x = _first(output)
+                new = torch.where(mask[..., None], clean.to(x.dtype), x)
+                return (new, *output[1:]) if isinstance(output, tuple) else new
+
+            handles.append(layer_parts(adapter.decoder_layers[layer])[kind].register_forward_hook(post))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+SLICED_KWARGS = ("attention_mask", "position_embeddings", "position_ids", "cache_position")
+
+
+def run_layers(
+    adapter: Adapter,
+    hidden: torch.Tensor,
+    start: int,
+    calls: Sequence[tuple[tuple, dict]],
+    *,
+    keep: bool = False,
+    cache: Any = None,
+    first: int = 0,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run decoder layers start..L−1 on `hidden` [B, T', D] with the per-layer arguments captured from a clean forward;
+    returns the last position's hidden state [B, D] and (when `keep`) every layer's output.
+
+    With `first` > 0, `hidden` holds only positions first..T−1 and `cache` (a `DynamicCache`) the keys and values of
+    positions 0..first−1 at every layer run: the layer arguments are sliced to those query positions."""
+    outs = []
+    for i in range(start, adapter.num_layers):
+        args, kwargs = calls[i]
+        if cache is not None:
+            kwargs = {**kwargs, "past_key_values": cache, "use_cache": True}
+        if first:
+            kwargs = {**kwargs, **_slice_queries(kwargs, first)}
+        hidden = _first(adapter.decoder_layers[i](hidden, *args, **kwargs))
+        if keep:
+            outs.append(hidden)
+    return hidden[:, -1], outs
+
+
+def _slice_queries(kwargs: dict[str, Any], first: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in SLICED_KWARGS:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if key == "position_embeddings":
+            out[key] = tuple(t[..., first:, :] for t in value)
+        elif key == "attention_mask":
+            out[key] = value[..., first:, :]
+        else:
+            out[key] = value[..., first:]
+    return out
+
+
+def first_reachable(calls: Sequence[tuple[tuple, dict]], positions: torch.Tensor, num_layers: int) -> int:
+    """The first position whose state a change at `positions` [T] can reach through attention, in any layer.
+
+    Closure of "query i attends to key j" over the layers' masks: causal models give min(positions); a prefix that
+    attends bidirectionally (PaliGemma) pulls in the whole prefix. 0 when the masks cannot be read."""
+    allowed = None
+    for _, kwargs in calls:
+        mask = kwargs.get("attention_mask")
+        if (
+            not isinstance(mask, torch.Tensor)
+            or mask.dim() != 4
+            or any(isinstance(v, torch.Tensor) and k not in SLICED_KWARGS for k, v in kwargs.items())
+        ):
+            return 0
+        m = (mask[0, 0] > torch.finfo(mask.dtype).min / 2) if mask.is_floating_point() else mask[0, 0].bool()
+        allowed = m if allowed is None else allowed | m
+    reached = positions.clone()
+    for _ in range(num_layers):
+        reached = reached | (allowed & reached[None, :]).any(1)
+    idx = reached.nonzero()
+    return int(idx[0]) if len(idx) else 0
+
+
+class Tracer:
+    """Traces samples with one adapter; `sigma` is the embedding noise scale unit (see `measure_sigma`)."""
+
+    def __init__(self, adapter: Adapter, sigma: float, cfg: TraceConfig | None = None) -> None:
+        self.adapter, self.sigma, self.cfg = adapter, float(sigma), cfg or TraceConfig()
+
+    def noise(self, index: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        """The N standard-normal draws [N, T, D] used for sample number `index` (seeded by cfg.seed and index)."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
+        return torch.randn((self.cfg.noise_samples, *shape), generator=gen)
+
+    def prob(self, last_hidden: torch.Tensor, target_id: int) -> torch.Tensor:
+        return torch.softmax(self.adapter.head(last_hidden).float(), -1)[:, target_id]
+
+    @torch.no_grad()
+    def trace(self, sample: Sample, index: int = 0) -> SampleTrace:
+        from transformers import DynamicCache
+
+        a, cfg = self.adapter, self.cfg
+        batch = a.encode([sample.load_image()], [sample.question])
+        clean = self.clean_states(batch)
+        predicted, correct = None, float("nan")
+        if sample.choices:  # the clean prediction, from the same clean forward
+            loglik = a.score_candidates(batch, [sample.choices], last_logits=clean["logits"][None])[0]
+            predicted = sample.choices[int(loglik.argmax())]
+            correct = is_correct(predicted, sample.answers) if sample.answers else float("nan")
+        target = sample.answers[0] if sample.answers else predicted
+        if target is None:
+            raise UsageError(f"sample {sample.id} has neither a reference answer nor candidate answers to trace")
+        target_id = a.answer_ids(target)[0]
+        img = batch.groups.image[0]
+        delta = torch.zeros((cfg.noise_samples, *clean["embed"].shape[1:]))
+        delta[:, img] = cfg.noise * self.sigma * self.noise(index, clean["embed"].shape[1:])[:, img]
+        corrupted_in = clean["embed"] + delta.to(clean["embed"].dtype)
+        kv = DynamicCache()
+        last, corrupted_out = run_layers(a, corrupted_in, 0, clean["calls"], keep=True, cache=kv)
+        p_corrupted = float(self.prob(last, target_id).mean())
+        corrupted = {
+            "inputs": [corrupted_in, *corrupted_out[:-1]],
+            "last": corrupted_out[-1],
+            "kv": [(layer.keys, layer.values) for layer in kv.layers],
+        }
+        L, G = a.num_layers, len(cfg.groups)
+        p_restored = torch.zeros(len(cfg.kinds), L, G)
+        masks = [positions_mask(g, batch.groups)[0] for g in cfg.groups]
+        firsts = [first_reachable(clean["calls"], m, L) for m in masks]
+        by_start: dict[tuple[int, int], list] = {}
+        for k, kind in enumerate(cfg.kinds):
+            for layer in range(L):
+                for g in range(G):
+                    start = layer + 1 if kind == "resid" else window_layers(layer, cfg.window, L)[0]
+                    by_start.setdefault((start, firsts[g]), []).append((k, kind, layer, g))
+        per_chunk = max(1, cfg.max_rows // cfg.noise_samples)
+        for (start, first), group_jobs in sorted(by_start.items()):
+            for c in range(0, len(group_jobs), per_chunk):
+                chunk = group_jobs[c : c + per_chunk]
+                probs = self._restore(chunk, start, first, corrupted, clean, masks, target_id)
+                for (k, _, layer, g), p in zip(chunk, probs, strict=True):
+                    p_restored[k, layer, g] = p
+        return SampleTrace(
+            sample_id=sample.id,
+            target=target,
+            p_clean=float(torch.softmax(clean["logits"], -1)[target_id]),
+            p_corrupted=p_corrupted,
+            clean_correct=correct,
+            p_restored=p_restored,
+            kinds=cfg.kinds,
+            groups=cfg.groups,
+        )
+
+    def clean_states(self, batch: Batch) -> dict[str, Any]:
+        """One clean forward (no cache): the embeddings, every layer's and block's output, the layer calls."""
+        a = self.adapter
+        states: dict[tuple[str, int], torch.Tensor] = {}
+
+        def keep(key):
+            return lambda m, args, out: states.__setitem__(key, _first(out).detach())
+
+        handles = []
+        for i, layer in enumerate(a.decoder_layers):
+            handles.append(layer.register_forward_hook(keep(("resid", i))))
+            for kind, module in layer_parts(layer).items():
+                handles.append(module.register_forward_hook(keep((kind, i))))
+        embed: list[torch.Tensor] = []
+        handles.append(
+            a.decoder_layers[0].register_forward_pre_hook(
+                lambda m, args, kwargs: embed.append((args[0] if args else kwargs["hidden_states"]).detach()),
+                with_kwargs=True,
+            )
+        )
+        try:
+            with capture_layer_calls(a) as calls:
+                logits = a.forward(batch, use_cache=False).logits[0, -1].float()
+        finally:
+            for h in handles:
+                h.remove()
+        return {"embed": embed[0], "states": states, "calls": calls, "logits": logits}
+
+    def _restore(self, jobs, start, first, corrupted, clean, masks, target_id) -> list[float]:
+        """p(target) for restoration jobs that share a start layer and a first reachable position, one batch."""
+        from transformers import DynamicCache
+
+        a, cfg, n = self.adapter, self.cfg, self.cfg.noise_samples
+        L, reps = a.num_layers, len(jobs)
+        base = corrupted["inputs"][start] if start < L else corrupted["last"]
+        hidden = base[:, first:].repeat(reps, 1, 1)
+        patches: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        for j, (_, kind, layer, g) in enumerate(jobs):
+            sl, pos = slice(j * n, (j + 1) * n), masks[g][first:]
+            if kind == "resid":
+                hidden[sl, pos] = clean["states"][("resid", layer)][0, first:][pos].to(hidden.dtype)
+                continue
+            for w in window_layers(layer, cfg.window, L):
+                mask, val = patches.get(
+                    (kind, w),
+                    (torch.zeros(reps * n, hidden.shape[1], dtype=torch.bool), clean["states"][(kind, w)][:, first:]),
+                )
+                mask[sl] = pos
+                patches[(kind, w)] = (mask, val)
+        if start >= L:
+            return self.prob(hidden[:, -1], target_id).view(reps, n).mean(1).tolist()
+        cache = None
+        if first:
+            kv = [(None, None)] * start + [
+                (k[..., :first, :].repeat(reps, 1, 1, 1), v[..., :first, :].repeat(reps, 1, 1, 1))
+                for k, v in corrupted["kv"][start:]
+            ]
+            cache = DynamicCache(ddp_cache_data=kv)
+        with patch_blocks(a, patches):
+            last, _ = run_layers(a, hidden, start, clean["calls"], cache=cache, first=first)
+        return self.prob(last, target_id).view(reps, n).mean(1).tolist()
+
+
+def measure_sigma(adapter: Adapter, samples: Sequence[Sample], batch_size: int = 16) -> float:
+    """σ (ROME's rule): the standard deviation of the input embeddings (the first decoder layer's input, with the
+    projected image features in place) over all image-token positions and dimensions of `samples`."""
+    values = []
+    handle_store: list[torch.Tensor] = []
+    layer0 = adapter.decoder_layers[0]
+    h = layer0.register_forward_pre_hook(
+        lambda m, args, kwargs: handle_store.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            for i in range(0, len(samples), batch_size):
+                chunk = samples[i : i + batch_size]
+                batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
+                handle_store.clear()
+                adapter.forward(batch, use_cache=False)
+                values.append(handle_store[0][batch.groups.image].float().flatten())
+    finally:
+        h.remove()
+    return float(torch.cat(values).std())
+
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class TraceResult:
+    """Per-sample traces, the dataset mean grid ("the circuit") and σ."""
+
+    traces: list[SampleTrace]
+    sigma: float
+    cfg: TraceConfig
+    grid: list[dict[str, Any]] = field(default_factory=list)
+
+
+def mean_grid(traces: Sequence[SampleTrace]) -> list[dict[str, Any]]:
+    """Mean indirect effect over samples for each (kind, layer, group)."""
+    effects = torch.stack([t.effect for t in traces]).mean(0)
+    kinds, groups = traces[0].kinds, traces[0].groups
+    return [
+        {"kind": kind, "layer": layer, "group": group, "effect": float(effects[k, layer, g])}
+        for k, kind in enumerate(kinds)
+        for layer in range(effects.shape[1])
+        for g, group in enumerate(groups)
+    ]
+
+
+def trace_dataset(
+    adapter: Adapter,
+    samples: Sequence[Sample],
+    cfg: TraceConfig,
+    *,
+    sigma: float | None = None,
+    calibration: Sequence[Sample] | None = None,
+    progress: Progress | None = None,
+) -> TraceResult:
+    """Trace every sample; σ is measured on `calibration` (default: the samples themselves) unless given."""
+    if sigma is None:
+        sigma = measure_sigma(adapter, calibration or samples)
+    tracer = Tracer(adapter, sigma, cfg)
+    traces = []
+    for i, s in enumerate(samples):
+        traces.append(tracer.trace(s, index=i))
+        if progress:
+            progress(1)
+    return TraceResult(traces=traces, sigma=sigma, cfg=cfg, grid=mean_grid(traces))
