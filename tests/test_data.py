@@ -68,3 +68,22 @@ def test_bad_split_missing_dir_and_empty_dataset(tmp_path):
         load_dataset(f"easy-vqa:{tmp_path}:test")
     with pytest.raises(UsageError):
         load_dataset("easy-vqa:test", limit=0)
+
+
+def test_shifted_split_is_seeded_and_changes_images():
+    import numpy as np
+
+    clean = load_dataset("easy-vqa:test", limit=5).samples
+    a = load_dataset("easy-vqa:test?noise=0.3", limit=5, seed=1).samples
+    b = load_dataset("easy-vqa:test?noise=0.3", limit=5, seed=1).samples
+    c = load_dataset("easy-vqa:test?noise=0.3", limit=5, seed=2).samples
+    x, y, z = (np.asarray(s[0].load_image(), dtype=float) for s in (a, b, c))
+    base = np.asarray(clean[0].load_image(), dtype=float)
+    assert (x == y).all() and not (x == z).all()
+    assert 0.1 < np.abs(x - base).mean() / 255 < 0.4
+    occ = np.asarray(load_dataset("easy-vqa:test?occlude=0.25", limit=5).samples[0].load_image())
+    grey = (occ == 128).all(-1)
+    assert grey.sum() == 32 * 32  # a square over a quarter of the 64x64 image
+    for bad in ("easy-vqa:test?blur=1", "easy-vqa:test?noise=x", "easy-vqa:test?occlude=2"):
+        with pytest.raises(UsageError):
+            load_dataset(bad)

@@ -29,6 +29,8 @@ from vrprobe.models import Adapter
 
 TARGETS = ("hidden", "attention", "both")
 BAND_POSITIONS = ("image", "all")
+#: the trace groups whose resid effects choose an automatic band, for each corrupted position set
+AUTO_GROUPS = {"image": ("image",), "all": ("image", "question", "last")}
 DEFINITIONS = {
     "accuracy_clean / accuracy_corrupted": "closed-set accuracy without / with the band corrupted",
     "drop_abs": "accuracy_clean − accuracy_corrupted",
@@ -134,19 +136,24 @@ def corrupt_band(
     seed: int = 0,
     batch_size: int = 32,
     calibration: Sequence[Sample] | None = None,
+    clean: Sequence[dict[str, Any]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BandResult:
-    """Run band corruption over `samples` (σ_l measured on `calibration`, default the samples)."""
+    """Run band corruption over `samples` (σ_l measured on `calibration`, default the samples). `clean`: the samples'
+    clean records when the caller already has them (from `score_batch`), so the clean pass is not run twice."""
     if not adapter.records_attention:
         raise UsageError("band corruption needs the model loaded with vrprobe's attention function")
     layers = list(range(band[0], band[1] + 1))
     sigmas = layer_sigmas(adapter, calibration or samples, layers, positions) if target != "attention" else {}
     edits = band_edits(band, target, positions, noise, sigmas)
-    clean, corrupted = [], []
+    have_clean = clean is not None
+    clean = list(clean) if have_clean else []
+    corrupted: list[dict[str, Any]] = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
         batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
-        clean += score_batch(adapter, chunk, batch)
+        if not have_clean:
+            clean += score_batch(adapter, chunk, batch)
         corrupted += score_batch(adapter, chunk, batch, edits=edits, seed=seed * 1_000_003 + i)
         if progress:
             progress(len(chunk))
@@ -156,14 +163,14 @@ def corrupt_band(
 
 
 def auto_band(
-    grid: Sequence[dict[str, Any]], num_layers: int, width: int | None = None, group: str = "image"
+    grid: Sequence[dict[str, Any]], num_layers: int, width: int | None = None, groups: Sequence[str] = ("image",)
 ) -> tuple[int, int]:
-    """The contiguous band of `width` layers (default max(2, L // 3)) with the largest mean resid effect at `group`
-    in a trace's mean grid."""
+    """The contiguous band of `width` layers (default max(2, L // 3)) with the largest mean resid effect, summed over
+    `groups`, in a trace's mean grid."""
     width = width or max(2, num_layers // 3)
     effect = [0.0] * num_layers
     for cell in grid:
-        if cell["kind"] == "resid" and cell["group"] == group:
-            effect[cell["layer"]] = cell["effect"]
+        if cell["kind"] == "resid" and cell["group"] in groups:
+            effect[cell["layer"]] += cell["effect"]
     best = max(range(num_layers - width + 1), key=lambda a: sum(effect[a : a + width]))
     return best, best + width - 1

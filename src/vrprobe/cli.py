@@ -41,9 +41,8 @@ app.add_typer(zoo_app, name="zoo")
 err = Console(stderr=True)
 
 
-@contextmanager
-def progress_bar(description: str, total: int) -> Iterator[Progress]:
-    cols = [
+def _columns() -> list:
+    return [
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -51,7 +50,11 @@ def progress_bar(description: str, total: int) -> Iterator[Progress]:
         TextColumn("eta"),
         TimeRemainingColumn(),
     ]
-    with Progress(*cols, console=err, transient=True) as bar:
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Progress]:
+    with Progress(*_columns(), console=err, transient=True) as bar:
         bar.add_task(description, total=total)
         yield bar
 
@@ -188,8 +191,8 @@ def corrupt_cmd(
 
     Example: vrprobe corrupt --model zoo:llava --data easy-vqa:test --limit 500 --band auto --out runs/band-llava
     """
+    from vrprobe.band import AUTO_GROUPS, auto_band, corrupt_band, parse_band
     from vrprobe.band import DEFINITIONS as band_definitions
-    from vrprobe.band import auto_band, corrupt_band, parse_band
     from vrprobe.data import load_dataset, stratified_subset
     from vrprobe.models import load_adapter
     from vrprobe.runs import check_out, write_run
@@ -209,7 +212,7 @@ def corrupt_cmd(
             sigma_samples=None,
             label="trace (finding the band)",
         )
-        layers = auto_band(traced.grid, adapter.num_layers)
+        layers = auto_band(traced.grid, adapter.num_layers, groups=AUTO_GROUPS.get(positions, ("image",)))
     else:
         layers = parse_band(band, adapter.num_layers)
     with progress_bar(f"corrupt {model} layers {layers[0]}-{layers[1]}", len(dataset)) as bar:
@@ -240,6 +243,69 @@ def corrupt_cmd(
         f"{summary['accuracy_corrupted']:.3f} (drop {summary['drop_abs']:.3f}); sharpness "
         f"{summary['sharpness_clean']:.3f} -> {summary['sharpness_corrupted']:.3f} nats -> {out}"
     )
+
+
+@app.command("study")
+def study_cmd(
+    models: Annotated[str, typer.Option(help="Model specs, comma-separated (zoo:llava,zoo:paligemma,...).")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Dataset specs, comma-separated; the first is the reference split, e.g. "
+            "easy-vqa:test,easy-vqa:test?noise=0.3."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Run directory (records/*.parquet, summary.json).")],
+    limit: Annotated[int | None, typer.Option(help="Deterministic, type-stratified subset of N per dataset.")] = None,
+    trace_limit: Annotated[int, typer.Option(help="Samples traced per model to find the causal band.")] = 100,
+    band_positions: Annotated[str, typer.Option(help="Positions corrupted in the band: all or image.")] = "all",
+    noise: Annotated[float, typer.Option(help="Noise scale k for tracing and band corruption.")] = 3.0,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for subsets, noise and bootstrap.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Run all four modules over models × datasets and print the table.
+
+    Per model: eval (confidence, correctness, sharpness), causal tracing on a subset to find the band, band corruption
+    (accuracy drop), calibration (ECE), and correlations with 95% bootstrap intervals.
+    Example: vrprobe study --models zoo:llava,zoo:qwen2vl --data easy-vqa:test,easy-vqa:test?noise=0.3 --limit 500
+    --out runs/study
+    """
+    from vrprobe.band import BAND_POSITIONS
+    from vrprobe.runs import check_out, write_run
+    from vrprobe.study import StudyConfig, run_study
+    from vrprobe.tables import study_table, verdict_lines
+
+    check_out(out, overwrite)
+    if band_positions not in BAND_POSITIONS:
+        raise UsageError(f"unknown --band-positions '{band_positions}' (known: {', '.join(BAND_POSITIONS)})")
+    cfg = StudyConfig(
+        models=tuple(m.strip() for m in models.split(",") if m.strip()),
+        data=tuple(d.strip() for d in data.split(",") if d.strip()),
+        limit=limit,
+        trace_limit=trace_limit,
+        seed=seed,
+        noise=noise,
+        band_positions=band_positions,
+        batch_size=batch_size,
+    )
+    if not cfg.models or not cfg.data:
+        raise UsageError("--models and --data each need at least one spec")
+    with Progress(*_columns(), console=err, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        result = run_study(cfg, progress=progress)
+    write_run(out, records=result.records, summary=result.summary, overwrite=overwrite)
+    console = Console() if Console().is_terminal else Console(width=220)
+    console.print(study_table(result.table))
+    for line in verdict_lines(result.table):
+        console.print(line, highlight=False, soft_wrap=True)
+    typer.echo(f"-> {out}")
 
 
 @zoo_app.command("train")

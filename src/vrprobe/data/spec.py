@@ -1,7 +1,9 @@
 """Dataset spec strings → lists of `Sample`.
 
-Grammar: `NAME:SPLIT` (built-in data) or `NAME:DIR:SPLIT` (a local copy in the dataset's official layout).
-Known names: `easy-vqa`. Options after `?` are reserved for image shifts.
+Grammar: `NAME:SPLIT` (built-in data) or `NAME:DIR:SPLIT` (a local copy in the dataset's official layout), optionally
+followed by `?OPTION=VALUE[&OPTION=VALUE]` image shifts (see `vrprobe.data.shift`): `noise=0.3` (Gaussian pixel noise,
+std in [0, 1] pixel units) and `occlude=0.25` (a random grey patch over that fraction of the image), seeded per sample.
+Known names: `easy-vqa`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image
 
 from vrprobe.data.easy_vqa import load_easy_vqa
 from vrprobe.data.sample import Sample
+from vrprobe.data.shift import parse_shifts, shift_images
 from vrprobe.errors import UsageError, VrprobeError
 
 IMAGE_ABLATIONS = ("blank",)
@@ -36,7 +39,9 @@ def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ab
 
     Raises `UsageError` for a malformed spec and `VrprobeError` for missing files or an empty dataset.
     """
-    name, _, rest = spec.partition(":")
+    base, _, query = spec.partition("?")
+    shifts = parse_shifts(query) if query else {}
+    name, _, rest = base.partition(":")
     if name == "easy-vqa":
         parts = rest.rsplit(":", 1) if rest else []
         if len(parts) == 1:
@@ -56,6 +61,8 @@ def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ab
         if limit < 1:
             raise UsageError(f"--limit must be at least 1, got {limit}")
         samples = stratified_subset(samples, limit, seed)
+    if shifts:
+        samples = shift_images(samples, shifts, seed)
     if image_ablation is not None:
         samples = ablate_images(samples, image_ablation)
     return Dataset(spec=spec, samples=samples)

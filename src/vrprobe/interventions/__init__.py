@@ -6,6 +6,7 @@
   attention — `LogitNoise`, `UniformMix` (α), `Knockout` (cross-modal).
 - `intervene` (hooks.py): the `with` block that applies edits and records sites; hooks removed in `finally`.
 - `vrprobe_attention` / `register` (attention.py): the attention function registered with `AttentionInterface`.
+- replay.py: running decoder layers directly from captured calls (used by the tracing engine).
 """
 
 from vrprobe.interventions.attention import register

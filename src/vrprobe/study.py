@@ -1,0 +1,252 @@
+"""The study: for each model × dataset, eval (confidence, correctness, sharpness), causal tracing on a subset to find
+the circuit band, band corruption of that band (causal strength), calibration, correlations with bootstrap intervals,
+and a verdict computed from those numbers.
+
+Sign convention (stated once): sharpness is measured as attention entropy (lower = sharper); the correlations use
+`sharp` = −sharpness_norm, so that higher = sharper, to read like the seed paper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from vrprobe.band import AUTO_GROUPS, auto_band, corrupt_band
+from vrprobe.data import Dataset, load_dataset, stratified_subset
+from vrprobe.evaluate import score_batch
+from vrprobe.metrics.calibration import calibration_summary, reliability_scores
+from vrprobe.metrics.stats import correlation
+from vrprobe.models import Adapter, load_adapter
+from vrprobe.tracing import TraceConfig, trace_dataset
+
+#: normalised-entropy change below which attention "stays focused" under band corruption
+FOCUS_TOLERANCE = 0.05
+#: a correlation counts only when its 95% CI excludes 0 and its permutation p is below this
+ALPHA = 0.05
+
+DEFINITIONS = {
+    "confidence": "softmax over the candidate answers of each candidate's summed token log-likelihood, at the "
+    "predicted candidate (probability)",
+    "correct": "1 if the prediction equals a reference answer, else 0",
+    "overconfidence": "max(confidence − correct, 0) per sample (probability)",
+    "sharpness": "entropy (nats) of the answer position's attention over the image tokens, renormalised over them, "
+    "mean over heads then layers; lower = sharper",
+    "sharpness_norm": "sharpness / log(#image tokens), in [0, 1]",
+    "sharp": "−sharpness_norm: the signal correlated below, higher = sharper attention",
+    "r_sharpness_accuracy": "point-biserial r between sharp and correct, 95% percentile-bootstrap CI, two-sided "
+    "permutation p",
+    "r_sharpness_overconfidence": "Pearson r between sharp and overconfidence, same CI and p",
+    "r_confidence_accuracy": "point-biserial r between confidence and correct (the baseline signal), same CI and p",
+    "ece / ace / mce / brier": "expected calibration error (15 equal-width bins), adaptive (equal-mass bins), maximum "
+    "calibration error, top-label Brier score mean (confidence − correct)²",
+    "reliability": "per-sample estimated P(correct | confidence): accuracy of the sample's confidence bin",
+    "band": "the contiguous layers [a, b] with the largest mean resid indirect effect in causal tracing",
+    "drop_abs / drop_rel": "accuracy(clean) − accuracy(band corrupted), and that over accuracy(clean)",
+    "sharpness_clean / sharpness_corrupted": "mean sharpness (entropy, nats) without / with the band corrupted",
+    "verdict": f"a signal 'predicts correctness' when its r's 95% CI lies above 0 and its permutation p < {ALPHA}; "
+    "the belief 'sharp attention = reliable' is supported when r_sharpness_accuracy counts as positive and "
+    "r_sharpness_overconfidence does not, contradicted when r_sharpness_accuracy counts as negative or "
+    f"r_sharpness_overconfidence as positive; attention 'stays focused' when band corruption changes mean "
+    f"normalised entropy by less than {FOCUS_TOLERANCE}",
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study runs: models × datasets (the first dataset is the reference; tracing runs on it)."""
+
+    models: tuple[str, ...]
+    data: tuple[str, ...]
+    limit: int | None = None
+    trace_limit: int = 100
+    seed: int = 0
+    noise: float = 3.0
+    band_positions: str = "all"
+    band_width: int | None = None
+    batch_size: int = 32
+    n_boot: int = 2000
+
+
+@dataclass
+class StudyResult:
+    """Per-sample records (model × dataset × sample), the table (one row per model × dataset) and the summary."""
+
+    records: list[dict[str, Any]]
+    table: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+class Ticker:
+    """Turns per-batch counts into (stage, done, total) progress calls."""
+
+    def __init__(self, progress: Progress | None, stage: str, total: int) -> None:
+        self.progress, self.stage, self.total, self.done = progress, stage, total, 0
+
+    def __call__(self, k: int) -> None:
+        self.done += k
+        if self.progress:
+            self.progress(self.stage, self.done, self.total)
+
+
+def evaluate_records(
+    adapter: Adapter, dataset: Dataset, batch_size: int, progress: Progress | None, label: str
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    samples = dataset.samples
+    for i in range(0, len(samples), batch_size):
+        records += score_batch(adapter, samples[i : i + batch_size])
+        if progress:
+            progress(label, len(records), len(samples))
+    return records
+
+
+def signal_stats(records: Sequence[dict[str, Any]], cfg: StudyConfig) -> dict[str, Any]:
+    """Correlations of sharpness and confidence with correctness and overconfidence."""
+    conf = np.array([r["confidence"] for r in records])
+    correct = np.array([r["correct"] for r in records])
+    sharp = -np.array([r["sharpness_norm"] for r in records])
+    over = np.clip(conf - correct, 0, None)
+    kw = {"n_boot": cfg.n_boot, "n_perm": cfg.n_boot, "seed": cfg.seed}
+    return {
+        "r_sharpness_accuracy": correlation(sharp, correct, "pointbiserial", **kw).to_dict(),
+        "r_sharpness_overconfidence": correlation(sharp, over, "pearson", **kw).to_dict(),
+        "r_confidence_accuracy": correlation(conf, correct, "pointbiserial", **kw).to_dict(),
+    }
+
+
+def verdict(row: dict[str, Any], n_image_tokens: int) -> dict[str, Any]:
+    """Conclusions drawn from one table row's numbers (no canned text: every statement follows a test below)."""
+
+    def significant(key: str) -> bool:
+        p = row[key]["p"]
+        return p is not None and p < ALPHA
+
+    def above(key: str) -> bool:
+        lo = row[key]["ci"][0]
+        return lo is not None and lo > 0 and significant(key)
+
+    def below(key: str) -> bool:
+        hi = row[key]["ci"][1]
+        return hi is not None and hi < 0 and significant(key)
+
+    shift = (row["sharpness_corrupted"] - row["sharpness_clean"]) / math.log(n_image_tokens)
+    stays = abs(shift) < FOCUS_TOLERANCE
+    sharp_acc = above("r_sharpness_accuracy")
+    sharp_over = above("r_sharpness_overconfidence")
+    conf_acc = above("r_confidence_accuracy")
+    predicts = [name for name, ok in (("confidence", conf_acc), ("sharpness", sharp_acc)) if ok]
+    if sharp_acc and not sharp_over:
+        belief = "supported: sharper attention goes with correct answers and not with overconfidence"
+    elif below("r_sharpness_accuracy") or sharp_over:
+        belief = "contradicted: sharper attention goes with errors or with overconfidence"
+    else:
+        belief = "not shown: the sharpness intervals include 0"
+    return {
+        "signals_predicting_correctness": predicts,
+        "sharpness_predicts_correctness": sharp_acc,
+        "sharpness_predicts_overconfidence": sharp_over,
+        "confidence_predicts_correctness": conf_acc,
+        "stronger_signal": "confidence"
+        if abs(row["r_confidence_accuracy"]["r"] or 0) >= abs(row["r_sharpness_accuracy"]["r"] or 0)
+        else "sharpness",
+        "normalised_entropy_change_under_band_corruption": shift,
+        "attention_stays_focused_while_accuracy_drops": bool(stays and row["drop_abs"] > 0),
+        "belief_sharp_attention_means_reliable": belief,
+    }
+
+
+def run_study(cfg: StudyConfig, progress: Progress | None = None) -> StudyResult:
+    """Run the whole study; see the module docstring."""
+    datasets = [load_dataset(spec, limit=cfg.limit, seed=cfg.seed) for spec in cfg.data]
+    records: list[dict[str, Any]] = []
+    table: list[dict[str, Any]] = []
+    traces: dict[str, Any] = {}
+    for spec in cfg.models:
+        torch.manual_seed(cfg.seed)
+        adapter = load_adapter(spec)
+        band: tuple[int, int] | None = None
+        for dataset in datasets:
+            tag = f"{spec} · {dataset.spec}"
+            recs = evaluate_records(adapter, dataset, cfg.batch_size, progress, f"eval {tag}")
+            if band is None:
+                subset = stratified_subset(dataset.samples, cfg.trace_limit, cfg.seed)
+                cfg_t = TraceConfig(kinds=("resid",), noise=cfg.noise, seed=cfg.seed)
+                tick = Ticker(progress, f"trace {spec}", len(subset))
+                traced = trace_dataset(adapter, subset, cfg_t, progress=tick)
+                band = auto_band(traced.grid, adapter.num_layers, cfg.band_width, AUTO_GROUPS[cfg.band_positions])
+                traces[spec] = {"sigma": traced.sigma, "n": len(subset), "grid": traced.grid}
+            banded = corrupt_band(
+                adapter,
+                dataset.samples,
+                band,
+                target="hidden",
+                positions=cfg.band_positions,
+                noise=cfg.noise,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                clean=recs,
+                progress=Ticker(progress, f"corrupt {tag}", len(dataset)),
+            )
+            conf = np.array([r["confidence"] for r in recs])
+            correct = np.array([r["correct"] for r in recs])
+            reliability = reliability_scores(conf, correct)
+            for r, b, rel in zip(recs, banded.corrupted, reliability, strict=True):
+                records.append(
+                    {
+                        "model": spec,
+                        "data": dataset.spec,
+                        "sample_id": r["sample_id"],
+                        "question_type": r["question_type"],
+                        "predicted": r["predicted"],
+                        "confidence": r["confidence"],
+                        "correct": r["correct"],
+                        "overconfidence": max(r["confidence"] - r["correct"], 0.0),
+                        "sharpness": r["sharpness"],
+                        "sharpness_norm": r["sharpness_norm"],
+                        "reliability": float(rel),
+                        "band_correct": b["correct"],
+                        "band_sharpness": b["sharpness"],
+                    }
+                )
+            cal = calibration_summary(conf, correct)
+            band_summary = banded.summary()
+            row = {
+                "model": spec,
+                "family": adapter.family,
+                "params": adapter.num_params,
+                "data": dataset.spec,
+                "n": len(recs),
+                "accuracy": float(correct.mean()),
+                "ece": cal["ece"],
+                "ace": cal["ace"],
+                "mce": cal["mce"],
+                "brier": cal["brier"],
+                **signal_stats(recs, cfg),
+                "band": list(band),
+                "band_positions": cfg.band_positions,
+                "drop_abs": band_summary["drop_abs"],
+                "drop_rel": band_summary["drop_rel"],
+                "sharpness_clean": band_summary["sharpness_clean"],
+                "sharpness_corrupted": band_summary["sharpness_corrupted"],
+                "mean_confidence": float(conf.mean()),
+                "reliability_diagram": cal["diagram"],
+            }
+            n_img = int(adapter.encode([dataset.samples[0].load_image()], [""]).groups.image.sum())
+            row["verdict"] = verdict(row, n_img)
+            table.append(row)
+    summary = {
+        "table": table,
+        "config": asdict(cfg),
+        "traces": traces,
+        "definitions": DEFINITIONS,
+        "verdict": {f"{row['model']} · {row['data']}": row["verdict"] for row in table},
+    }
+    return StudyResult(records=records, table=table, summary=summary)
