@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ demo: $(STAMP)
 	$(BIN)/vrprobe study --models zoo:llava,zoo:paligemma,zoo:qwen2vl \
 		--data "easy-vqa:test,easy-vqa:test?noise=0.3" --limit $(DEMO_LIMIT) --out runs/demo --overwrite
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# The report test opens report.html in a real headless browser: Debian's chromium, installed when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: $(STAMP) chromium
+	VRPROBE_ARTIFACTS=runs/artifacts $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 
 from conftest import run_cli
 from vrprobe.data.easy_vqa import package_root
 from vrprobe.models.registry import ZOO_DIR
+from vrprobe.runs import read_records
 
 RECORD_COLUMNS = {
     "sample_id",
@@ -45,13 +46,29 @@ def test_eval_writes_records_and_summary(tmp_path):
     assert summary["n"] == 24
     assert set(summary["accuracy_by_type"]) == {"yes/no", "color", "shape"}
     assert summary["model"]["family"] == "llava" and summary["model"]["params"] > 1e6
-    table = pq.read_table(sorted((out / "records").glob("*.parquet"))[0])
-    assert set(table.column_names) >= RECORD_COLUMNS and table.num_rows == 24
-    rows = table.to_pylist()
+    rows = read_records(out)
+    assert set(rows[0]) >= RECORD_COLUMNS and len(rows) == 24
     assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 24)
-    # same command again: refused without --overwrite, nothing changed
-    again = run_cli("eval", "--model", "zoo:llava", "--data", "easy-vqa:test", "--limit", "24", "--out", str(out))
-    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert (out / "manifest.json").is_file() and (out / "report.html").is_file()
+    # the same command again resumes: nothing recomputed, nothing duplicated
+    again = run_cli(
+        "eval",
+        "--model",
+        "zoo:llava",
+        "--data",
+        "easy-vqa:test",
+        "--limit",
+        "24",
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+    )
+    assert again.returncode == 0, again.stderr
+    assert len(read_records(out)) == 24
+    # another configuration on the same --out is refused with one line, unless --overwrite
+    other = run_cli("eval", "--model", "zoo:llava", "--data", "easy-vqa:test", "--limit", "12", "--out", str(out))
+    assert other.returncode == 1 and "--overwrite" in other.stderr and len(other.stderr.strip().splitlines()) == 1
 
 
 def _fake_easy_vqa(root, *, corrupt: bool = False, empty: bool = False):
@@ -135,7 +152,7 @@ def test_trace_and_corrupt_commands(tmp_path):
     assert summary["n"] == 3 and summary["sigma"] > 0
     assert {c["kind"] for c in summary["grid"]} == {"resid", "mlp"}
     assert len(summary["grid"]) == 2 * 8 * 3
-    table = pq.read_table(sorted((out / "traces").glob("*.parquet"))[0])
+    table = pa.Table.from_pylist(read_records(out, "traces"))
     assert {
         "sample_id",
         "kind",
@@ -195,3 +212,31 @@ def test_trace_and_corrupt_errors(tmp_path, args, message):
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "--data", "easy-vqa:test", "--out", "x"],
+        ["nonsense"],
+        ["eval", "--model", "zoo:llava", "--data", "easy-vqa:test", "--out", "x", "--limit", "abc"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, tmp_path):
+    res = run_cli(*args, cwd=tmp_path)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_show_prints_a_run(tmp_path):
+    out = tmp_path / "run"
+    assert (
+        run_cli(
+            "eval", "--model", "zoo:qwen2vl", "--data", "easy-vqa:test", "--limit", "4", "--out", str(out)
+        ).returncode
+        == 0
+    )
+    res = run_cli("show", str(out))
+    assert res.returncode == 0 and "accuracy:" in res.stdout

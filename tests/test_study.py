@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
+from vrprobe.runs import read_records
 
 TABLE_FIELDS = (
     "model",
@@ -72,9 +72,8 @@ def test_study_end_to_end_all_zoo_models(tmp_path):
     shifted = [r for r in table if "?" in r["data"]]
     assert [r["band"] for r in clean_rows] == [r["band"] for r in shifted]  # band found once per model
     assert set(summary["definitions"]) >= {"confidence", "sharpness", "overconfidence"}
-    records = pq.read_table(sorted((out / "records").glob("*.parquet"))[0])
-    assert set(RECORD_FIELDS) <= set(records.column_names) and records.num_rows == 6 * 60
-    rows = records.to_pylist()
+    rows = read_records(out)
+    assert set(RECORD_FIELDS) <= set(rows[0]) and len(rows) == 6 * 60
     for row in table:
         mine = [r for r in rows if r["model"] == row["model"] and r["data"] == row["data"]]
         assert row["accuracy"] == pytest.approx(sum(r["correct"] for r in mine) / len(mine))

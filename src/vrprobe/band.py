@@ -154,12 +154,20 @@ def corrupt_band(
         batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
         if not have_clean:
             clean += score_batch(adapter, chunk, batch)
-        corrupted += score_batch(adapter, chunk, batch, edits=edits, seed=seed * 1_000_003 + i)
+        corrupted += corrupt_batch(adapter, chunk, edits, seed, i, batch)
         if progress:
             progress(len(chunk))
     return BandResult(
         band=band, target=target, positions=positions, noise=noise, sigmas=sigmas, clean=clean, corrupted=corrupted
     )
+
+
+def corrupt_batch(
+    adapter: Adapter, chunk: Sequence[Sample], edits: list, seed: int, start: int, batch: Any = None
+) -> list[dict[str, Any]]:
+    """Score one batch under the band edits; the noise seed depends only on (seed, the batch's first index), so a
+    resumed run draws the same noise."""
+    return score_batch(adapter, chunk, batch, edits=edits, seed=seed * 1_000_003 + start)
 
 
 def auto_band(

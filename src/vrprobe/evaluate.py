@@ -38,7 +38,7 @@ Progress = Callable[[int], None]
 
 
 @dataclass
-class EvalResult:
+class Evaluation:
     """Per-sample records (one dict per sample) and the summary of a closed-set evaluation."""
 
     records: list[dict[str, Any]]
@@ -123,7 +123,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate(
     adapter: Adapter, dataset: Dataset, *, batch_size: int = 32, progress: Progress | None = None
-) -> EvalResult:
+) -> Evaluation:
     """Score every sample of `dataset` with `adapter`; `progress(k)` is called after each batch of k samples."""
     if batch_size < 1:
         raise VrprobeError(f"batch size must be at least 1, got {batch_size}")
@@ -138,4 +138,4 @@ def evaluate(
     summary["model"] = {"spec": adapter.name, "family": adapter.family, "params": adapter.num_params}
     summary["data"] = dataset.spec
     summary["definitions"] = DEFINITIONS
-    return EvalResult(records=records, summary=summary)
+    return Evaluation(records=records, summary=summary)

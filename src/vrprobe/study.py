@@ -8,6 +8,7 @@ Sign convention (stated once): sharpness is measured as attention entropy (lower
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -16,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vrprobe.band import AUTO_GROUPS, auto_band, corrupt_band
+from vrprobe.band import AUTO_GROUPS, auto_band, band_edits, corrupt_batch, layer_sigmas
 from vrprobe.data import Dataset, load_dataset, stratified_subset
 from vrprobe.evaluate import score_batch
-from vrprobe.metrics.calibration import calibration_summary, reliability_scores
+from vrprobe.metrics.calibration import calibration_summary
 from vrprobe.metrics.stats import correlation
 from vrprobe.models import Adapter, load_adapter
+from vrprobe.runs import RunDir
 from vrprobe.tracing import TraceConfig, trace_dataset
 
 #: normalised-entropy change below which attention "stays focused" under band corruption
@@ -44,7 +46,6 @@ DEFINITIONS = {
     "r_confidence_accuracy": "point-biserial r between confidence and correct (the baseline signal), same CI and p",
     "ece / ace / mce / brier": "expected calibration error (15 equal-width bins), adaptive (equal-mass bins), maximum "
     "calibration error, top-label Brier score mean (confidence − correct)²",
-    "reliability": "per-sample estimated P(correct | confidence): accuracy of the sample's confidence bin",
     "band": "the contiguous layers [a, b] with the largest mean resid indirect effect in causal tracing",
     "drop_abs / drop_rel": "accuracy(clean) − accuracy(band corrupted), and that over accuracy(clean)",
     "sharpness_clean / sharpness_corrupted": "mean sharpness (entropy, nats) without / with the band corrupted",
@@ -94,18 +95,6 @@ class Ticker:
         self.done += k
         if self.progress:
             self.progress(self.stage, self.done, self.total)
-
-
-def evaluate_records(
-    adapter: Adapter, dataset: Dataset, batch_size: int, progress: Progress | None, label: str
-) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    samples = dataset.samples
-    for i in range(0, len(samples), batch_size):
-        records += score_batch(adapter, samples[i : i + batch_size])
-        if progress:
-            progress(label, len(records), len(samples))
-    return records
 
 
 def signal_stats(records: Sequence[dict[str, Any]], cfg: StudyConfig) -> dict[str, Any]:
@@ -163,85 +152,142 @@ def verdict(row: dict[str, Any], n_image_tokens: int) -> dict[str, Any]:
     }
 
 
-def run_study(cfg: StudyConfig, progress: Progress | None = None) -> StudyResult:
-    """Run the whole study; see the module docstring."""
+def find_band(
+    adapter: Adapter, spec: str, dataset: Dataset, cfg: StudyConfig, progress: Progress | None
+) -> dict[str, Any]:
+    """Trace a subset of the reference dataset, choose the band, and measure the band's per-layer σ there."""
+    subset = stratified_subset(dataset.samples, cfg.trace_limit, cfg.seed)
+    traced = trace_dataset(
+        adapter,
+        subset,
+        TraceConfig(kinds=("resid",), noise=cfg.noise, seed=cfg.seed),
+        progress=Ticker(progress, f"trace {spec}", len(subset)),
+    )
+    band = auto_band(traced.grid, adapter.num_layers, cfg.band_width, AUTO_GROUPS[cfg.band_positions])
+    sigmas = layer_sigmas(adapter, subset, list(range(band[0], band[1] + 1)), cfg.band_positions)
+    return {
+        "model": spec,
+        "band_a": band[0],
+        "band_b": band[1],
+        "sigma": traced.sigma,
+        "n": len(subset),
+        "sigmas": json.dumps({str(k): v for k, v in sigmas.items()}),
+        "grid": json.dumps(traced.grid),
+    }
+
+
+def study_batch(
+    adapter: Adapter, spec: str, dataset: Dataset, start: int, chunk: Sequence[Any], edits: list, cfg: StudyConfig
+) -> list[dict[str, Any]]:
+    """Records of one batch: the clean answer with sharpness, and the answer under band corruption."""
+    batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
+    clean = score_batch(adapter, chunk, batch)
+    banded = corrupt_batch(adapter, chunk, edits, cfg.seed, start, batch)
+    return [
+        {
+            "model": spec,
+            "data": dataset.spec,
+            "index": start + j,
+            "sample_id": r["sample_id"],
+            "question_type": r["question_type"],
+            "predicted": r["predicted"],
+            "confidence": r["confidence"],
+            "correct": r["correct"],
+            "overconfidence": max(r["confidence"] - r["correct"], 0.0),
+            "sharpness": r["sharpness"],
+            "sharpness_norm": r["sharpness_norm"],
+            "band_correct": b["correct"],
+            "band_sharpness": b["sharpness"],
+            "n_image_tokens": int(batch.groups.image[j].sum()),
+        }
+        for j, (r, b) in enumerate(zip(clean, banded, strict=True))
+    ]
+
+
+def table_row(
+    spec: str,
+    adapter_facts: dict[str, Any],
+    data: str,
+    recs: list[dict[str, Any]],
+    band: dict[str, Any],
+    cfg: StudyConfig,
+) -> dict[str, Any]:
+    """One row of the table from the stored records of one model × dataset."""
+    conf = np.array([r["confidence"] for r in recs])
+    correct = np.array([r["correct"] for r in recs])
+    band_correct = np.array([r["band_correct"] for r in recs])
+    cal = calibration_summary(conf, correct)
+    acc, acc_band = float(correct.mean()), float(band_correct.mean())
+    row = {
+        "model": spec,
+        **adapter_facts,
+        "data": data,
+        "n": len(recs),
+        "accuracy": acc,
+        "ece": cal["ece"],
+        "ace": cal["ace"],
+        "mce": cal["mce"],
+        "brier": cal["brier"],
+        **signal_stats(recs, cfg),
+        "band": [band["band_a"], band["band_b"]],
+        "band_positions": cfg.band_positions,
+        "accuracy_band_corrupted": acc_band,
+        "drop_abs": acc - acc_band,
+        "drop_rel": (acc - acc_band) / acc if acc > 0 else float("nan"),
+        "sharpness_clean": float(np.mean([r["sharpness"] for r in recs])),
+        "sharpness_corrupted": float(np.mean([r["band_sharpness"] for r in recs])),
+        "mean_confidence": float(conf.mean()),
+        "reliability_diagram": cal["diagram"],
+    }
+    row["verdict"] = verdict(row, int(recs[0]["n_image_tokens"]))
+    return row
+
+
+def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | None = None) -> StudyResult:
+    """Run (or resume, when `run` already holds results) the whole study; see the module docstring."""
     datasets = [load_dataset(spec, limit=cfg.limit, seed=cfg.seed) for spec in cfg.data]
+    bands = {b["model"]: b for b in (run.read("bands") if run else [])}
+    done = run.done(("model", "data", "sample_id")) if run else set()
     records: list[dict[str, Any]] = []
-    table: list[dict[str, Any]] = []
-    traces: dict[str, Any] = {}
+    facts: dict[str, dict[str, Any]] = {}
     for spec in cfg.models:
         torch.manual_seed(cfg.seed)
         adapter = load_adapter(spec)
-        band: tuple[int, int] | None = None
+        facts[spec] = {"family": adapter.family, "params": adapter.num_params}
+        if spec not in bands:
+            bands[spec] = find_band(adapter, spec, datasets[0], cfg, progress)
+            if run:
+                run.append([bands[spec]], "bands")
+        band = bands[spec]
+        sigmas = {int(k): v for k, v in json.loads(band["sigmas"]).items()}
+        edits = band_edits((band["band_a"], band["band_b"]), "hidden", cfg.band_positions, cfg.noise, sigmas)
         for dataset in datasets:
-            tag = f"{spec} · {dataset.spec}"
-            recs = evaluate_records(adapter, dataset, cfg.batch_size, progress, f"eval {tag}")
-            if band is None:
-                subset = stratified_subset(dataset.samples, cfg.trace_limit, cfg.seed)
-                cfg_t = TraceConfig(kinds=("resid",), noise=cfg.noise, seed=cfg.seed)
-                tick = Ticker(progress, f"trace {spec}", len(subset))
-                traced = trace_dataset(adapter, subset, cfg_t, progress=tick)
-                band = auto_band(traced.grid, adapter.num_layers, cfg.band_width, AUTO_GROUPS[cfg.band_positions])
-                traces[spec] = {"sigma": traced.sigma, "n": len(subset), "grid": traced.grid}
-            banded = corrupt_band(
-                adapter,
-                dataset.samples,
-                band,
-                target="hidden",
-                positions=cfg.band_positions,
-                noise=cfg.noise,
-                seed=cfg.seed,
-                batch_size=cfg.batch_size,
-                clean=recs,
-                progress=Ticker(progress, f"corrupt {tag}", len(dataset)),
-            )
-            conf = np.array([r["confidence"] for r in recs])
-            correct = np.array([r["correct"] for r in recs])
-            reliability = reliability_scores(conf, correct)
-            for r, b, rel in zip(recs, banded.corrupted, reliability, strict=True):
-                records.append(
-                    {
-                        "model": spec,
-                        "data": dataset.spec,
-                        "sample_id": r["sample_id"],
-                        "question_type": r["question_type"],
-                        "predicted": r["predicted"],
-                        "confidence": r["confidence"],
-                        "correct": r["correct"],
-                        "overconfidence": max(r["confidence"] - r["correct"], 0.0),
-                        "sharpness": r["sharpness"],
-                        "sharpness_norm": r["sharpness_norm"],
-                        "reliability": float(rel),
-                        "band_correct": b["correct"],
-                        "band_sharpness": b["sharpness"],
-                    }
-                )
-            cal = calibration_summary(conf, correct)
-            band_summary = banded.summary()
-            row = {
-                "model": spec,
-                "family": adapter.family,
-                "params": adapter.num_params,
-                "data": dataset.spec,
-                "n": len(recs),
-                "accuracy": float(correct.mean()),
-                "ece": cal["ece"],
-                "ace": cal["ace"],
-                "mce": cal["mce"],
-                "brier": cal["brier"],
-                **signal_stats(recs, cfg),
-                "band": list(band),
-                "band_positions": cfg.band_positions,
-                "drop_abs": band_summary["drop_abs"],
-                "drop_rel": band_summary["drop_rel"],
-                "sharpness_clean": band_summary["sharpness_clean"],
-                "sharpness_corrupted": band_summary["sharpness_corrupted"],
-                "mean_confidence": float(conf.mean()),
-                "reliability_diagram": cal["diagram"],
-            }
-            n_img = int(adapter.encode([dataset.samples[0].load_image()], [""]).groups.image.sum())
-            row["verdict"] = verdict(row, n_img)
-            table.append(row)
+            tick = Ticker(progress, f"{spec} · {dataset.spec}", len(dataset))
+            samples = dataset.samples
+            for start in range(0, len(samples), cfg.batch_size):
+                chunk = samples[start : start + cfg.batch_size]
+                if all((spec, dataset.spec, s.id) in done for s in chunk):
+                    tick(len(chunk))
+                    continue
+                rows = study_batch(adapter, spec, dataset, start, chunk, edits, cfg)
+                if run:
+                    run.append(rows)
+                else:
+                    records += rows
+                tick(len(chunk))
+    if run:
+        records = run.read()
+    order = {(m, d): (i, j) for i, m in enumerate(cfg.models) for j, d in enumerate(cfg.data)}
+    records.sort(key=lambda r: (*order[(r["model"], r["data"])], r["index"]))
+    table = []
+    for spec in cfg.models:
+        for data in cfg.data:
+            recs = [r for r in records if r["model"] == spec and r["data"] == data]
+            table.append(table_row(spec, facts[spec], data, recs, bands[spec], cfg))
+    traces = {
+        m: {"sigma": b["sigma"], "n": b["n"], "grid": json.loads(b["grid"]), "band": [b["band_a"], b["band_b"]]}
+        for m, b in bands.items()
+    }
     summary = {
         "table": table,
         "config": asdict(cfg),
@@ -249,4 +295,6 @@ def run_study(cfg: StudyConfig, progress: Progress | None = None) -> StudyResult
         "definitions": DEFINITIONS,
         "verdict": {f"{row['model']} · {row['data']}": row["verdict"] for row in table},
     }
+    if run:
+        run.write_json("summary.json", summary)
     return StudyResult(records=records, table=table, summary=summary)

@@ -1,4 +1,4 @@
-"""PaliGemma family (`model_type` "paligemma"): prompt `answer en {question}`.
+"""PaliGemma family (`model_type` "paligemma"): prompt `<image>answer en {question}`.
 
 The processor itself puts the image tokens and `<bos>` before the text and `\\n` after it, and returns
 `token_type_ids`: 0 for the prefix (image + question, which attends bidirectionally), 1 for the answer suffix, so
@@ -16,4 +16,4 @@ class PaliGemmaAdapter(Adapter):
     continuation_fill = {"attention_mask": 1, "token_type_ids": 1}
 
     def prompt(self, question: str) -> str:
-        return f"answer en {question}"
+        return f"<image>answer en {question}"

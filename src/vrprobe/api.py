@@ -1,0 +1,318 @@
+"""The Python API, mirroring the CLI: `eval`, `trace`, `corrupt`, `study`, `report`.
+
+Each takes the CLI's options as keyword arguments, writes (and resumes) a run directory when `out` is given, builds
+its `report.html`, and returns a typed result. `progress(stage, done, total)` is called as work finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vrprobe.band import AUTO_GROUPS, BandResult, auto_band, band_edits, corrupt_batch, layer_sigmas, parse_band
+from vrprobe.band import DEFINITIONS as BAND_DEFINITIONS
+from vrprobe.data import load_dataset, stratified_subset
+from vrprobe.errors import UsageError
+from vrprobe.evaluate import DEFINITIONS as EVAL_DEFINITIONS
+from vrprobe.evaluate import score_batch, summarize
+from vrprobe.models import Adapter, load_adapter
+from vrprobe.runs import RunDir
+from vrprobe.study import StudyConfig, StudyResult, Ticker, run_study
+from vrprobe.tracing import DEFINITIONS as TRACE_DEFINITIONS
+from vrprobe.tracing import TraceConfig, Tracer, mean_grid, measure_sigma
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class EvalResult:
+    """Records (one per sample) and summary of `eval`."""
+
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out: Path | None = None
+
+
+@dataclass
+class TraceResult:
+    """Rows (one per sample × kind × layer × group) and summary (with the mean `grid`) of `trace`."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out: Path | None = None
+
+
+@dataclass
+class CorruptResult:
+    """Records (clean and corrupted per sample) and summary of `corrupt`."""
+
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out: Path | None = None
+    band: tuple[int, int] = field(default=(0, 0))
+
+
+def _model_facts(spec: str, adapter: Adapter) -> dict[str, Any]:
+    return {"spec": spec, "family": adapter.family, "params": adapter.num_params}
+
+
+def _batches(samples: Sequence[Any], size: int, done: set, key: Callable[[Any], Any]):
+    for start in range(0, len(samples), size):
+        chunk = samples[start : start + size]
+        yield start, chunk, all(key(s) in done for s in chunk)
+
+
+def _finish(run: RunDir | None, summary: dict[str, Any], make_report: bool) -> None:
+    if run is None:
+        return
+    run.write_json("summary.json", summary)
+    if make_report:
+        report(run.path)
+
+
+def eval(  # noqa: A001 - mirrors `vrprobe eval`
+    model: str,
+    data: str,
+    *,
+    out: Path | str | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    image_ablation: str | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    make_report: bool = True,
+) -> EvalResult:
+    """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.evaluate`)."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    config = {
+        "command": "eval",
+        "model": model,
+        "data": data,
+        "limit": limit,
+        "seed": seed,
+        "image_ablation": image_ablation,
+    }
+    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    dataset = load_dataset(data, limit=limit, seed=seed, image_ablation=image_ablation)
+    adapter = load_adapter(model)
+    torch.manual_seed(seed)
+    done = {r[0] for r in run.done(("sample_id",))} if run else set()
+    records: list[dict[str, Any]] = []
+    tick = Ticker(progress, f"eval {model}", len(dataset))
+    for start, chunk, skip in _batches(dataset.samples, batch_size, done, lambda s: s.id):
+        if not skip:
+            rows = [{**r, "index": start + j} for j, r in enumerate(score_batch(adapter, chunk))]
+            run.append(rows) if run else records.extend(rows)
+        tick(len(chunk))
+    records = sorted(run.read() if run else records, key=lambda r: r["index"])
+    summary = {
+        **summarize(records),
+        "model": _model_facts(model, adapter),
+        "data": data,
+        "limit": limit,
+        "seed": seed,
+        "image_ablation": image_ablation,
+        "definitions": EVAL_DEFINITIONS,
+    }
+    _finish(run, summary, make_report)
+    return EvalResult(records=records, summary=summary, out=run.path if run else None)
+
+
+def trace(
+    model: str,
+    data: str,
+    *,
+    out: Path | str | None = None,
+    limit: int | None = None,
+    kinds: Sequence[str] = ("resid", "mlp", "attn"),
+    noise_samples: int = 10,
+    noise: float = 3.0,
+    window: int = 3,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    make_report: bool = True,
+) -> TraceResult:
+    """Causal tracing per sample; the dataset mean grid is the circuit (see `vrprobe.tracing`)."""
+    cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
+    config = {"command": "trace", "model": model, "data": data, "limit": limit, **asdict(cfg)}
+    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    dataset = load_dataset(data, limit=limit, seed=seed)
+    adapter = load_adapter(model)
+    sigma = measure_sigma(adapter, dataset.samples)
+    tracer = Tracer(adapter, sigma, cfg)
+    done = {r[0] for r in run.done(("sample_id",), "traces")} if run else set()
+    rows: list[dict[str, Any]] = []
+    tick = Ticker(progress, f"trace {model}", len(dataset))
+    for i, sample in enumerate(dataset.samples):
+        if sample.id not in done:
+            new = [{**r, "index": i} for r in tracer.trace(sample, index=i).rows()]
+            run.append(new, "traces") if run else rows.extend(new)
+        tick(1)
+    rows = sorted(run.read("traces") if run else rows, key=lambda r: r["index"])
+    per_sample = {r["sample_id"]: r for r in rows}
+    summary = {
+        "model": _model_facts(model, adapter),
+        "data": data,
+        "n": len(per_sample),
+        "sigma": sigma,
+        "config": asdict(cfg),
+        "grid": grid_from_rows(rows),
+        "clean_accuracy": sum(r["clean_correct"] for r in per_sample.values()) / max(1, len(per_sample)),
+        "definitions": TRACE_DEFINITIONS,
+    }
+    _finish(run, summary, make_report)
+    return TraceResult(rows=rows, summary=summary, out=run.path if run else None)
+
+
+def grid_from_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean effect per (kind, layer, group) over samples, from trace rows."""
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["kind"], r["layer"], r["group"]), []).append(r["effect"])
+    return [{"kind": k, "layer": layer, "group": g, "effect": sum(v) / len(v)} for (k, layer, g), v in cells.items()]
+
+
+def corrupt(
+    model: str,
+    data: str,
+    band: str,
+    *,
+    out: Path | str | None = None,
+    target: str = "hidden",
+    noise: float = 3.0,
+    positions: str = "image",
+    limit: int | None = None,
+    trace_limit: int = 20,
+    batch_size: int = 32,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    make_report: bool = True,
+) -> CorruptResult:
+    """Band corruption: accuracy and sharpness with noise on a band of layers (see `vrprobe.band`)."""
+    config = {
+        "command": "corrupt",
+        "model": model,
+        "data": data,
+        "band": band,
+        "target": target,
+        "noise": noise,
+        "positions": positions,
+        "limit": limit,
+        "trace_limit": trace_limit,
+        "seed": seed,
+    }
+    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    dataset = load_dataset(data, limit=limit, seed=seed)
+    adapter = load_adapter(model)
+    band_edits((0, 0), target, positions, noise, {0: 1.0})  # validates target and positions before any work
+    if band == "auto":
+        subset = stratified_subset(dataset.samples, trace_limit, seed)
+        tracer = Tracer(adapter, measure_sigma(adapter, subset), TraceConfig(kinds=("resid",), seed=seed))
+        traces = [tracer.trace(s, i) for i, s in enumerate(subset)]
+        layers = auto_band(mean_grid(traces), adapter.num_layers, groups=AUTO_GROUPS.get(positions, ("image",)))
+    else:
+        layers = parse_band(band, adapter.num_layers)
+    span = list(range(layers[0], layers[1] + 1))
+    sigmas = layer_sigmas(adapter, dataset.samples, span, positions) if target != "attention" else {}
+    edits = band_edits(layers, target, positions, noise, sigmas)
+    done = {r[0] for r in run.done(("sample_id",))} if run else set()
+    records: list[dict[str, Any]] = []
+    tick = Ticker(progress, f"corrupt {model} layers {layers[0]}-{layers[1]}", len(dataset))
+    for start, chunk, skip in _batches(dataset.samples, batch_size, done, lambda s: s.id):
+        if not skip:
+            batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
+            clean = score_batch(adapter, chunk, batch)
+            bad = corrupt_batch(adapter, chunk, edits, seed, start, batch)
+            rows = [
+                {
+                    **c,
+                    "index": start + j,
+                    "band_correct": b["correct"],
+                    "band_predicted": b["predicted"],
+                    "band_confidence": b["confidence"],
+                    "band_sharpness": b["sharpness"],
+                }
+                for j, (c, b) in enumerate(zip(clean, bad, strict=True))
+            ]
+            run.append(rows) if run else records.extend(rows)
+        tick(len(chunk))
+    records = sorted(run.read() if run else records, key=lambda r: r["index"])
+    result = BandResult(
+        band=layers,
+        target=target,
+        positions=positions,
+        noise=noise,
+        sigmas=sigmas,
+        clean=records,
+        corrupted=[{"correct": r["band_correct"], "sharpness": r["band_sharpness"]} for r in records],
+    )
+    summary = {
+        "model": _model_facts(model, adapter),
+        "data": data,
+        **result.summary(),
+        "band_source": band,
+        "definitions": BAND_DEFINITIONS,
+    }
+    _finish(run, summary, make_report)
+    return CorruptResult(records=records, summary=summary, out=run.path if run else None, band=layers)
+
+
+def study(
+    models: Sequence[str] | str,
+    data: Sequence[str] | str,
+    *,
+    out: Path | str | None = None,
+    limit: int | None = None,
+    trace_limit: int = 100,
+    band_positions: str = "all",
+    noise: float = 3.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    make_report: bool = True,
+) -> StudyResult:
+    """All four modules over models × datasets (see `vrprobe.study`)."""
+
+    def split(x: Sequence[str] | str) -> tuple[str, ...]:
+        return tuple(p.strip() for p in (x.split(",") if isinstance(x, str) else x) if p.strip())
+
+    cfg = StudyConfig(
+        models=split(models),
+        data=split(data),
+        limit=limit,
+        trace_limit=trace_limit,
+        seed=seed,
+        noise=noise,
+        band_positions=band_positions,
+        batch_size=batch_size,
+    )
+    if not cfg.models or not cfg.data:
+        raise UsageError("--models and --data each need at least one spec")
+    if band_positions not in AUTO_GROUPS:
+        raise UsageError(f"unknown --band-positions '{band_positions}' (known: {', '.join(AUTO_GROUPS)})")
+    run = RunDir(Path(out), {"command": "study", **asdict(cfg)}, overwrite=overwrite) if out is not None else None
+    for spec in cfg.data:  # fail on a bad dataset spec before any model work
+        load_dataset(spec, limit=1)
+    result = run_study(cfg, run, progress)
+    if run and make_report:
+        report(run.path)
+    return result
+
+
+def report(out: Path | str) -> Path:
+    """Write `report.html` for a run directory; returns its path."""
+    from vrprobe.reporting import build_report
+
+    return build_report(Path(out))
+
+
+__all__ = ["CorruptResult", "EvalResult", "TraceResult", "corrupt", "eval", "report", "study", "trace"]
