@@ -8,10 +8,11 @@ import shutil
 import pyarrow as pa
 import pytest
 
-from conftest import run_cli
 from vrprobe.data.easy_vqa import package_root
 from vrprobe.models.registry import ZOO_DIR
 from vrprobe.runs import read_records
+
+from conftest import run_cli
 
 RECORD_COLUMNS = {
     "sample_id",

@@ -111,3 +111,14 @@ def test_model_spec_errors(tmp_path, monkeypatch):
     (no_proc / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(VrprobeError, match="not supported"):
         load_adapter(str(no_proc))
+
+
+def test_greedy_answers_end_with_end_of_sequence(adapter):
+    """The zoo models were trained to put EOS after the answer, so greedy generation gives a clean one-word answer."""
+    samples = load_dataset("easy-vqa:test", limit=24, seed=4).samples
+    generated = adapter.generate(adapter.encode_samples(samples), max_new_tokens=5)
+    stopped = [g for g in generated if g.stop_logprob is not None]
+    assert len(stopped) == len(generated)
+    assert all(len(g.ids) == 1 and g.text in samples[0].choices for g in generated)
+    right = sum(g.text == s.answers[0] for g, s in zip(generated, samples, strict=True))
+    assert right >= 0.8 * len(samples)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import vrprobe
+
 from cdp import Browser, chromium
 
 CHECK = """(() => {

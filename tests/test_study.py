@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from conftest import run_cli
 from vrprobe.runs import read_records
+
+from conftest import run_cli
 
 TABLE_FIELDS = (
     "model",

@@ -83,6 +83,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     batch_size: int = 32,
     seed: int = 0,
     image_ablation: str | None = None,
+    max_new_tokens: int = 10,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
@@ -97,6 +98,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
         "limit": limit,
         "seed": seed,
         "image_ablation": image_ablation,
+        "max_new_tokens": max_new_tokens,
     }
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed, image_ablation=image_ablation)
@@ -107,7 +109,8 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     tick = Ticker(progress, f"eval {model}", len(dataset))
     for start, chunk, skip in _batches(dataset.samples, batch_size, done, lambda s: s.id):
         if not skip:
-            rows = [{**r, "index": start + j} for j, r in enumerate(score_batch(adapter, chunk))]
+            scored = score_batch(adapter, chunk, max_new_tokens=max_new_tokens)
+            rows = [{**r, "index": start + j} for j, r in enumerate(scored)]
             run.append(rows) if run else records.extend(rows)
         tick(len(chunk))
     records = sorted(run.read() if run else records, key=lambda r: r["index"])
@@ -228,7 +231,7 @@ def corrupt(
     tick = Ticker(progress, f"corrupt {model} layers {layers[0]}-{layers[1]}", len(dataset))
     for start, chunk, skip in _batches(dataset.samples, batch_size, done, lambda s: s.id):
         if not skip:
-            batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
+            batch = adapter.encode_samples(chunk)
             clean = score_batch(adapter, chunk, batch)
             bad = corrupt_batch(adapter, chunk, edits, seed, start, batch)
             rows = [
@@ -236,6 +239,7 @@ def corrupt(
                     **c,
                     "index": start + j,
                     "band_correct": b["correct"],
+                    "band_accuracy": b["accuracy"],
                     "band_predicted": b["predicted"],
                     "band_confidence": b["confidence"],
                     "band_sharpness": b["sharpness"],
@@ -252,7 +256,10 @@ def corrupt(
         noise=noise,
         sigmas=sigmas,
         clean=records,
-        corrupted=[{"correct": r["band_correct"], "sharpness": r["band_sharpness"]} for r in records],
+        corrupted=[
+            {"correct": r["band_correct"], "accuracy": r["band_accuracy"], "sharpness": r["band_sharpness"]}
+            for r in records
+        ],
     )
     summary = {
         "model": _model_facts(model, adapter),
@@ -276,6 +283,7 @@ def study(
     noise: float = 3.0,
     batch_size: int = 32,
     seed: int = 0,
+    max_new_tokens: int = 10,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
@@ -294,6 +302,7 @@ def study(
         noise=noise,
         band_positions=band_positions,
         batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
     )
     if not cfg.models or not cfg.data:
         raise UsageError("--models and --data each need at least one spec")

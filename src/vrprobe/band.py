@@ -57,8 +57,8 @@ class BandResult:
     corrupted: list[dict[str, Any]]
 
     def summary(self) -> dict[str, Any]:
-        acc_c = _mean([r["correct"] for r in self.clean])
-        acc_x = _mean([r["correct"] for r in self.corrupted])
+        acc_c = _mean([r.get("accuracy", r["correct"]) for r in self.clean])
+        acc_x = _mean([r.get("accuracy", r["correct"]) for r in self.corrupted])
         drop = acc_c - acc_x
         return {
             "band": list(self.band),
@@ -100,7 +100,7 @@ def layer_sigmas(
     values: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
-        batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
+        batch = adapter.encode_samples(chunk)
         with intervene(adapter, batch.groups, record=[site]) as rec:
             adapter.forward(batch, use_cache=False)
         states = rec[site] if len(layers) > 1 else rec[site][None]
@@ -151,7 +151,7 @@ def corrupt_band(
     corrupted: list[dict[str, Any]] = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
-        batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
+        batch = adapter.encode_samples(chunk)
         if not have_clean:
             clean += score_batch(adapter, chunk, batch)
         corrupted += corrupt_batch(adapter, chunk, edits, seed, i, batch)
@@ -163,11 +163,17 @@ def corrupt_band(
 
 
 def corrupt_batch(
-    adapter: Adapter, chunk: Sequence[Sample], edits: list, seed: int, start: int, batch: Any = None
+    adapter: Adapter,
+    chunk: Sequence[Sample],
+    edits: list,
+    seed: int,
+    start: int,
+    batch: Any = None,
+    max_new_tokens: int = 10,
 ) -> list[dict[str, Any]]:
     """Score one batch under the band edits; the noise seed depends only on (seed, the batch's first index), so a
     resumed run draws the same noise."""
-    return score_batch(adapter, chunk, batch, edits=edits, seed=seed * 1_000_003 + start)
+    return score_batch(adapter, chunk, batch, edits=edits, seed=seed * 1_000_003 + start, max_new_tokens=max_new_tokens)
 
 
 def auto_band(

@@ -38,6 +38,7 @@ Limit = Annotated[int | None, typer.Option(help="A deterministic, type-stratifie
 Seed = Annotated[int, typer.Option(help="Seed for subsets, noise and bootstrap.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace --out even if it holds another configuration.")]
 BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.")]
+MaxNewTokens = Annotated[int, typer.Option(help="Greedy answer length limit for open-ended datasets (VQA v2, OK-VQA).")]
 
 
 class Bars:
@@ -97,6 +98,7 @@ def eval_cmd(
     batch_size: BatchSize = 32,
     seed: Seed = 0,
     image_ablation: Annotated[str | None, typer.Option(help="Replace every image: 'blank'.")] = None,
+    max_new_tokens: MaxNewTokens = 10,
     overwrite: Overwrite = False,
 ) -> None:
     """Score a model: prediction, confidence, correctness and attention sharpness per sample, accuracy by type.
@@ -114,6 +116,7 @@ def eval_cmd(
             batch_size=batch_size,
             seed=seed,
             image_ablation=image_ablation,
+            max_new_tokens=max_new_tokens,
             overwrite=overwrite,
             progress=bars,
         )
@@ -223,6 +226,7 @@ def study_cmd(
     noise: Annotated[float, typer.Option(help="Noise k for tracing and band corruption.")] = 3.0,
     batch_size: BatchSize = 32,
     seed: Seed = 0,
+    max_new_tokens: MaxNewTokens = 10,
     overwrite: Overwrite = False,
 ) -> None:
     """All four modules over models × datasets; prints the table and writes the report.
@@ -243,6 +247,7 @@ def study_cmd(
             noise=noise,
             batch_size=batch_size,
             seed=seed,
+            max_new_tokens=max_new_tokens,
             overwrite=overwrite,
             progress=bars,
         )

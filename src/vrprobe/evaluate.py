@@ -22,13 +22,19 @@ from vrprobe.interventions import Site, intervene
 from vrprobe.interventions.hooks import Edit
 from vrprobe.metrics.sharpness import image_attention_entropy, normalised_entropy
 from vrprobe.models import Adapter, Batch, TokenGroups
+from vrprobe.models.base import Generated
 
 DEFINITIONS = {
     "confidence": "softmax over the candidate answers of each candidate's summed token log-likelihood given the "
     "prompt, at the predicted (argmax) candidate; a probability in [0, 1]",
-    "correct": "1 if the predicted candidate equals a reference answer (case-insensitive), else 0",
-    "accuracy": "mean of correct over samples",
-    "accuracy_by_type": "mean of correct within each question type",
+    "correct": "1 if the predicted candidate equals a reference answer (case-insensitive), else 0; for VQA "
+    "(open-ended) samples, 1 if the VQA accuracy is at least 0.5 (the binarisation used for calibration)",
+    "confidence (open-ended)": "probability of the greedy answer sequence: product of its token probabilities (EOS "
+    "excluded); first_token_prob and mean_logprob (nats) are kept too",
+    "accuracy": "mean over samples of each sample's accuracy: correct (closed set) or the official VQA accuracy "
+    "min(1, matches among the other 9 human answers / 3), averaged over the 10 leave-one-out subsets",
+    "accuracy_by_type": "the same mean within each question type",
+    "answer position": "the last prompt position, whose output is the (first) answer token; sharpness is read there",
     "sharpness": "entropy (nats) of the answer (last) position's attention over the image tokens, renormalised over "
     "them, averaged over heads and then layers; lower = sharper",
     "sharpness_norm": "sharpness / log(#image tokens), in [0, 1]",
@@ -58,64 +64,98 @@ def score_batch(
     *,
     edits: Sequence[Edit] = (),
     seed: int = 0,
+    max_new_tokens: int = 10,
 ) -> list[dict[str, Any]]:
-    """Encode (unless `batch` is given) and score samples, optionally under interventions `edits`; returns records.
+    """Encode (unless `batch` is given) and answer samples, optionally under interventions `edits`; returns records.
 
-    The prompt forward that gives the answer also records the answer position's attention at every layer, so
-    sharpness costs no second pass (when the model runs vrprobe's attention function).
+    Closed set (samples with `choices`): candidate scoring. Open-ended (no choices): greedy generation. The prompt
+    forward that gives the answer also records the answer position's attention at every layer (the last prompt
+    position, whose output is the first generated token), so sharpness costs no second pass.
     """
-    for s in samples:
-        if not s.choices:
-            raise VrprobeError(f"sample {s.id} has no candidate answers; only closed-set scoring is available")
+    closed = [bool(s.choices) for s in samples]
+    if any(closed) and not all(closed):
+        raise VrprobeError("a batch mixes closed-set and open-ended samples")
     if batch is None:
-        batch = adapter.encode([s.load_image() for s in samples], [s.question for s in samples])
+        batch = adapter.encode_samples(samples)
     attn_site = Site("attn_probs", tuple(range(adapter.num_layers)), "last")
     record = [attn_site] if adapter.records_attention else []
     with intervene(adapter, batch.groups, edits=edits, record=record, seed=seed) as rec:
-        last_logits = adapter.forward(batch, use_cache=False).logits[:, -1]
+        if all(closed):
+            last_logits = adapter.forward(batch, use_cache=False).logits[:, -1]
+        else:
+            generated = adapter.generate(batch, max_new_tokens)
+    if all(closed):
 
-    def context(groups: TokenGroups):
-        return intervene(adapter, groups, edits=edits, seed=seed)
+        def context(groups: TokenGroups):
+            return intervene(adapter, groups, edits=edits, seed=seed)
 
-    loglik = adapter.score_candidates(
-        batch, [s.choices for s in samples], last_logits=last_logits, context=context if edits else None
-    )
-    entropy = image_attention_entropy(rec[attn_site], batch.groups.image) if record else None  # [L, B, H]
-    n_image = batch.groups.image.sum(1)
-    records = []
-    for i, (s, ll) in enumerate(zip(samples, loglik, strict=True)):
-        probs = torch.softmax(ll.double(), dim=0)
-        k = int(torch.argmax(probs))
-        predicted = s.choices[k]
-        r = {
-            "sample_id": s.id,
-            "question": s.question,
-            "question_type": s.question_type,
-            "answers": list(s.answers),
-            "predicted": predicted,
-            "confidence": float(probs[k]),
-            "correct": is_correct(predicted, s.answers),
-            "choices": list(s.choices),
-            "probs": [float(p) for p in probs],
-        }
-        if entropy is not None:
+        loglik = adapter.score_candidates(
+            batch, [s.choices for s in samples], last_logits=last_logits, context=context if edits else None
+        )
+        records = [closed_record(s, ll) for s, ll in zip(samples, loglik, strict=True)]
+    else:
+        records = [open_record(s, g) for s, g in zip(samples, generated, strict=True)]
+    if record:
+        entropy = image_attention_entropy(rec[attn_site], batch.groups.image)  # [L, B, H]
+        n_image = batch.groups.image.sum(1)
+        for i, r in enumerate(records):
             by_layer = entropy[:, i].mean(-1)
             r["sharpness"] = float(by_layer.mean())
             r["sharpness_norm"] = float(normalised_entropy(by_layer.mean(), int(n_image[i])))
             r["entropy_by_layer"] = [float(x) for x in by_layer]
-        records.append(r)
     return records
+
+
+def _base(s: Sample) -> dict[str, Any]:
+    return {"sample_id": s.id, "question": s.question, "question_type": s.question_type, "answers": list(s.answers)}
+
+
+def closed_record(s: Sample, loglik: torch.Tensor) -> dict[str, Any]:
+    """Prediction = argmax candidate; confidence = its softmax probability over the candidates."""
+    probs = torch.softmax(loglik.double(), dim=0)
+    k = int(torch.argmax(probs))
+    correct = is_correct(s.choices[k], s.answers)
+    return {
+        **_base(s),
+        "predicted": s.choices[k],
+        "confidence": float(probs[k]),
+        "correct": correct,
+        "accuracy": correct,
+        "choices": list(s.choices),
+        "probs": [float(p) for p in probs],
+    }
+
+
+def open_record(s: Sample, g: Generated) -> dict[str, Any]:
+    """Prediction = the greedy answer; confidence = its sequence probability; VQA samples (`meta["metric"] == "vqa"`)
+    score the official VQA accuracy and binarise it (≥ 0.5) as `correct` for calibration."""
+    if s.meta.get("metric") == "vqa":
+        from vrprobe.data.answers import binary_correct, vqa_accuracy
+
+        acc = vqa_accuracy(g.text, s.answers)
+        correct = binary_correct(acc)
+    else:
+        acc = correct = is_correct(g.text, s.answers)
+    return {
+        **_base(s),
+        "predicted": g.text,
+        "confidence": g.confidence,
+        "correct": correct,
+        "accuracy": acc,
+        "first_token_prob": g.first_token_prob,
+        "mean_logprob": g.mean_logprob,
+    }
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """`n`, `accuracy` and `accuracy_by_type` of a list of records."""
     by_type: dict[str, list[float]] = defaultdict(list)
     for r in records:
-        by_type[r["question_type"]].append(r["correct"])
+        by_type[r["question_type"]].append(r.get("accuracy", r["correct"]))
     n = len(records)
     return {
         "n": n,
-        "accuracy": sum(r["correct"] for r in records) / n if n else float("nan"),
+        "accuracy": sum(r.get("accuracy", r["correct"]) for r in records) / n if n else float("nan"),
         "accuracy_by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
     }
 

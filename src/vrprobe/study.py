@@ -34,7 +34,9 @@ ALPHA = 0.05
 DEFINITIONS = {
     "confidence": "softmax over the candidate answers of each candidate's summed token log-likelihood, at the "
     "predicted candidate (probability)",
-    "correct": "1 if the prediction equals a reference answer, else 0",
+    "correct": "1 if the prediction equals a reference answer, else 0; open-ended VQA: 1 if its VQA accuracy ≥ 0.5 "
+    "(the binarisation used for calibration and the point-biserial r)",
+    "accuracy": "mean per-sample accuracy: correct (closed set) or the official VQA accuracy (open-ended)",
     "overconfidence": "max(confidence − correct, 0) per sample (probability)",
     "sharpness": "entropy (nats) of the answer position's attention over the image tokens, renormalised over them, "
     "mean over heads then layers; lower = sharper",
@@ -71,6 +73,7 @@ class StudyConfig:
     band_width: int | None = None
     batch_size: int = 32
     n_boot: int = 2000
+    max_new_tokens: int = 10
 
 
 @dataclass
@@ -180,9 +183,9 @@ def study_batch(
     adapter: Adapter, spec: str, dataset: Dataset, start: int, chunk: Sequence[Any], edits: list, cfg: StudyConfig
 ) -> list[dict[str, Any]]:
     """Records of one batch: the clean answer with sharpness, and the answer under band corruption."""
-    batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
-    clean = score_batch(adapter, chunk, batch)
-    banded = corrupt_batch(adapter, chunk, edits, cfg.seed, start, batch)
+    batch = adapter.encode_samples(chunk)
+    clean = score_batch(adapter, chunk, batch, max_new_tokens=cfg.max_new_tokens)
+    banded = corrupt_batch(adapter, chunk, edits, cfg.seed, start, batch, max_new_tokens=cfg.max_new_tokens)
     return [
         {
             "model": spec,
@@ -193,10 +196,12 @@ def study_batch(
             "predicted": r["predicted"],
             "confidence": r["confidence"],
             "correct": r["correct"],
+            "accuracy": r["accuracy"],
             "overconfidence": max(r["confidence"] - r["correct"], 0.0),
             "sharpness": r["sharpness"],
             "sharpness_norm": r["sharpness_norm"],
             "band_correct": b["correct"],
+            "band_accuracy": b["accuracy"],
             "band_sharpness": b["sharpness"],
             "n_image_tokens": int(batch.groups.image[j].sum()),
         }
@@ -215,9 +220,9 @@ def table_row(
     """One row of the table from the stored records of one model × dataset."""
     conf = np.array([r["confidence"] for r in recs])
     correct = np.array([r["correct"] for r in recs])
-    band_correct = np.array([r["band_correct"] for r in recs])
     cal = calibration_summary(conf, correct)
-    acc, acc_band = float(correct.mean()), float(band_correct.mean())
+    acc = float(np.mean([r["accuracy"] for r in recs]))
+    acc_band = float(np.mean([r["band_accuracy"] for r in recs]))
     row = {
         "model": spec,
         **adapter_facts,

@@ -4,8 +4,9 @@ Per sample (ROME's causal tracing, for a VLM):
 - clean run; **corrupted** runs: Gaussian noise of k·σ on the image tokens' input embeddings (the first decoder layer's
   input), N draws; **restored** runs: the corrupted run with one clean state put back — for kind `resid` the output of
   layer l at the token group g; for `mlp`/`attn` the block outputs at g over a window of layers centred on l.
-- **p(target)**: probability (softmax over the whole vocabulary) of the target answer's first token at the answer (last)
-  position. Target = the gold answer when the sample has one, else the clean prediction.
+- **p(target)**: probability (softmax over the whole vocabulary) of the target answer's first token at the answer (last
+  prompt) position. Target = the gold answer when the sample has one (VQA: `multiple_choice_answer`), else the clean
+  prediction (closed set: the argmax candidate; open-ended: the greedy answer).
 - **indirect effect** of (kind, l, g) = mean over draws of p_restored − mean over draws of p_corrupted (probability).
 - σ (`measure_sigma`): standard deviation of the input embeddings over the image-token span of a calibration set.
 
@@ -24,7 +25,7 @@ import torch
 
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
-from vrprobe.evaluate import is_correct
+from vrprobe.evaluate import closed_record, open_record
 from vrprobe.interventions.hooks import _first, layer_parts
 from vrprobe.interventions.replay import capture_layer_calls, first_reachable, patch_blocks, run_layers
 from vrprobe.interventions.sites import positions_mask
@@ -131,16 +132,17 @@ class Tracer:
         from transformers import DynamicCache
 
         a, cfg = self.adapter, self.cfg
-        batch = a.encode([sample.load_image()], [sample.question])
+        batch = a.encode_samples([sample])
         clean = self.clean_states(batch)
-        predicted, correct = None, float("nan")
         if sample.choices:  # the clean prediction, from the same clean forward
             loglik = a.score_candidates(batch, [sample.choices], last_logits=clean["logits"][None])[0]
-            predicted = sample.choices[int(loglik.argmax())]
-            correct = is_correct(predicted, sample.answers) if sample.answers else float("nan")
-        target = sample.answers[0] if sample.answers else predicted
-        if target is None:
-            raise UsageError(f"sample {sample.id} has neither a reference answer nor candidate answers to trace")
+            record = closed_record(sample, loglik)
+        else:  # open-ended: the greedy answer
+            record = open_record(sample, a.generate(batch)[0])
+        target = sample.gold or record["predicted"]
+        if not target:
+            raise UsageError(f"sample {sample.id} has no reference answer and its clean answer is empty")
+        correct = float(record["correct"]) if sample.answers else float("nan")
         target_id = a.answer_ids(target)[0]
         img = batch.groups.image[0]
         delta = torch.zeros((cfg.noise_samples, *clean["embed"].shape[1:]))
@@ -258,7 +260,7 @@ def measure_sigma(adapter: Adapter, samples: Sequence[Sample], batch_size: int =
         with torch.no_grad():
             for i in range(0, len(samples), batch_size):
                 chunk = samples[i : i + batch_size]
-                batch = adapter.encode([s.load_image() for s in chunk], [s.question for s in chunk])
+                batch = adapter.encode_samples(chunk)
                 handle_store.clear()
                 adapter.forward(batch, use_cache=False)
                 values.append(handle_store[0][batch.groups.image].float().flatten())

@@ -31,6 +31,18 @@ class Sample:
     image_fn: Callable[[], Image.Image] | None = field(default=None, compare=False, repr=False)
 
     @property
+    def text(self) -> str:
+        """What the model is asked: the question, then the benchmark's instruction (`meta["instruction"]`, e.g.
+        lmms-eval's "Answer the question using a single word or phrase.") on its own line when there is one."""
+        instruction = self.meta.get("instruction")
+        return f"{self.question}\n{instruction}" if instruction else self.question
+
+    @property
+    def gold(self) -> str | None:
+        """The single target answer: VQA's `multiple_choice_answer` when given, else the first reference answer."""
+        return self.meta.get("multiple_choice_answer") or (self.answers[0] if self.answers else None)
+
+    @property
     def question_type(self) -> str:
         return str(self.meta.get("question_type", "other"))
 

@@ -1,9 +1,19 @@
 """Dataset spec strings → lists of `Sample`.
 
-Grammar: `NAME:SPLIT` (built-in data) or `NAME:DIR:SPLIT` (a local copy in the dataset's official layout), optionally
-followed by `?OPTION=VALUE[&OPTION=VALUE]` image shifts (see `vrprobe.data.shift`): `noise=0.3` (Gaussian pixel noise,
-std in [0, 1] pixel units) and `occlude=0.25` (a random grey patch over that fraction of the image), seeded per sample.
-Known names: `easy-vqa`.
+Grammar, optionally followed by `?OPTION=VALUE[&OPTION=VALUE]` image shifts (see `vrprobe.data.shift`): `noise=0.3`
+(Gaussian pixel noise, std in [0, 1] pixel units) and `occlude=0.25` (a random grey patch over that fraction of the
+image), seeded per sample.
+
+- `easy-vqa:SPLIT` (the data shipped in the `easy-vqa` package) or `easy-vqa:DIR:SPLIT` (a local copy, same layout).
+- `vqav2:PATH[:SPLIT]`, `okvqa:PATH[:SPLIT]`, `scienceqa:PATH[:SPLIT]`: a local copy of the benchmark.
+  PATH is either a folder in the official JSON layout (`vrprobe.data.vqa`, `vrprobe.data.scienceqa`; SPLIT defaults
+  to `val2014` for VQA v2 / OK-VQA and `test` for ScienceQA, image questions only), or a `.parquet` file or a folder
+  of parquet files shaped like the lmms-lab exports (`vrprobe.data.parquet`; SPLIT picks `SPLIT-*.parquet` files or a
+  `SPLIT` sub-folder). A folder is read as JSON when it holds the JSON layout's questions file (`problems.json` for
+  ScienceQA), as parquet when it holds `.parquet` files instead. The last `:` starts SPLIT unless what follows it
+  contains a path separator.
+
+Known names: `easy-vqa`, `vqav2`, `okvqa`, `scienceqa`.
 """
 
 from __future__ import annotations
@@ -16,11 +26,21 @@ from pathlib import Path
 from PIL import Image
 
 from vrprobe.data.easy_vqa import load_easy_vqa
+from vrprobe.data.parquet import is_parquet_source, load_parquet
 from vrprobe.data.sample import Sample
+from vrprobe.data.scienceqa import load_scienceqa
 from vrprobe.data.shift import parse_shifts, shift_images
+from vrprobe.data.vqa import load_okvqa, load_vqav2
 from vrprobe.errors import UsageError, VrprobeError
 
 IMAGE_ABLATIONS = ("blank",)
+KNOWN = ("easy-vqa:SPLIT", "easy-vqa:DIR:SPLIT", "vqav2:PATH[:SPLIT]", "okvqa:PATH[:SPLIT]", "scienceqa:PATH[:SPLIT]")
+JSON_LOADERS = {"vqav2": load_vqav2, "okvqa": load_okvqa, "scienceqa": load_scienceqa}
+JSON_MARKERS = {
+    "vqav2": "v2_OpenEnded_mscoco_*_questions.json",
+    "okvqa": "OpenEnded_mscoco_*_questions.json",
+    "scienceqa": "problems.json",
+}
 
 
 @dataclass(frozen=True)
@@ -53,8 +73,10 @@ def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ab
             samples = load_easy_vqa(parts[1], root)
         else:
             raise UsageError("easy-vqa spec is easy-vqa:SPLIT or easy-vqa:DIR:SPLIT (SPLIT: train or test)")
+    elif name in JSON_LOADERS:
+        samples = load_benchmark(name, rest)
     else:
-        raise UsageError(f"unknown dataset '{name}' in spec '{spec}' (known: easy-vqa:train, easy-vqa:test)")
+        raise UsageError(f"unknown dataset '{name}' in spec '{spec}' (known: {', '.join(KNOWN)})")
     if not samples:
         raise VrprobeError(f"dataset '{spec}' is empty")
     if limit is not None:
@@ -66,6 +88,22 @@ def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ab
     if image_ablation is not None:
         samples = ablate_images(samples, image_ablation)
     return Dataset(spec=spec, samples=samples)
+
+
+def load_benchmark(name: str, rest: str) -> list[Sample]:
+    """`vqav2`, `okvqa` or `scienceqa` from `PATH[:SPLIT]` (the part of the spec after `NAME:`), JSON or parquet."""
+    path_text, sep, split = rest.rpartition(":")
+    if not sep or "/" in split or "\\" in split:
+        path_text, split = rest, ""
+    if not path_text:
+        raise UsageError(f"{name} spec is {name}:PATH[:SPLIT] (PATH: the dataset folder or a .parquet file)")
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise VrprobeError(f"dataset path not found: {path}")
+    json_layout = path.is_dir() and next(path.glob(JSON_MARKERS[name]), None) is not None
+    if not json_layout and is_parquet_source(path):
+        return load_parquet(path, name, split or None)
+    return JSON_LOADERS[name](path, split) if split else JSON_LOADERS[name](path)
 
 
 def stratified_subset(samples: list[Sample], n: int, seed: int = 0) -> list[Sample]:

@@ -11,6 +11,7 @@ samples + `TokenGroups`), `TokenGroups` (boolean masks [B, T] for `image`, `ques
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -53,6 +54,33 @@ class Encoded:
     @property
     def length(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
+
+
+@dataclass
+class Generated:
+    """A greedy answer: its text, token ids (end-of-sequence excluded) and their log-probabilities (nats)."""
+
+    text: str
+    ids: list[int]
+    logprobs: list[float]
+    stop_logprob: float | None
+
+    @property
+    def confidence(self) -> float:
+        """Probability of the generated answer sequence: the product of its token probabilities (EOS excluded); for
+        an empty answer, the probability of stopping at once."""
+        if not self.ids:
+            return math.exp(self.stop_logprob) if self.stop_logprob is not None else 0.0
+        return math.exp(sum(self.logprobs))
+
+    @property
+    def first_token_prob(self) -> float:
+        lp = self.logprobs[0] if self.logprobs else self.stop_logprob
+        return math.exp(lp) if lp is not None else 0.0
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
 
 
 @dataclass
@@ -231,6 +259,10 @@ class Adapter:
         groups = TokenGroups(image=image, question=question, last=last, valid=valid, pad=pad)
         return Batch(inputs=inputs, groups=groups, items=list(items))
 
+    def encode_samples(self, samples: Sequence[Any]) -> Batch:
+        """Encode dataset samples: each one's image and its `text` (question plus the benchmark's instruction)."""
+        return self.encode([s.load_image() for s in samples], [s.text for s in samples])
+
     def encode(self, images: Sequence[Image.Image], questions: Sequence[str]) -> Batch:
         return self.collate([self.encode_one(im, q) for im, q in zip(images, questions, strict=True)])
 
@@ -258,6 +290,35 @@ class Adapter:
                 full = base + tok(answer, add_special_tokens=False)["input_ids"]
             self._answer_cache[answer] = list(full[len(base) :])
         return self._answer_cache[answer]
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int = 10) -> list[Generated]:
+        """Greedy generation after the prompt, stopping at the end-of-sequence token; log-probabilities come from the
+        raw next-token logits (before any logits processor)."""
+        out = self.model.generate(
+            **batch.inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            return_dict_in_generate=True,
+            output_logits=True,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+        )
+        width = batch.inputs["input_ids"].shape[1]
+        logp = torch.stack(out.logits, 1).float().log_softmax(-1)  # [B, steps, V]
+        results = []
+        for row, seq in enumerate(out.sequences[:, width:].tolist()):
+            ids, lps, stop = [], [], None
+            for step, tok in enumerate(seq):
+                if tok == self.eos_token_id:
+                    stop = float(logp[row, step, tok])
+                    break
+                ids.append(tok)
+                lps.append(float(logp[row, step, tok]))
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            results.append(Generated(text=text, ids=ids, logprobs=lps, stop_logprob=stop))
+        return results
 
     @torch.no_grad()
     def score_candidates(
