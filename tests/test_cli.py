@@ -29,19 +29,8 @@ RECORD_COLUMNS = {
 
 def test_eval_writes_records_and_summary(tmp_path):
     out = tmp_path / "run"
-    res = run_cli(
-        "eval",
-        "--model",
-        "zoo:llava",
-        "--data",
-        "easy-vqa:test",
-        "--limit",
-        "24",
-        "--out",
-        str(out),
-        "--batch-size",
-        "8",
-    )
+    args = ["eval", "--model", "zoo:llava", "--data", "easy-vqa:test", "--limit", "24", "--out", str(out)]
+    res = run_cli(*args, "--batch-size", "8")
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 24
@@ -52,19 +41,7 @@ def test_eval_writes_records_and_summary(tmp_path):
     assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 24)
     assert (out / "manifest.json").is_file() and (out / "report.html").is_file()
     # the same command again resumes: nothing recomputed, nothing duplicated
-    again = run_cli(
-        "eval",
-        "--model",
-        "zoo:llava",
-        "--data",
-        "easy-vqa:test",
-        "--limit",
-        "24",
-        "--out",
-        str(out),
-        "--batch-size",
-        "8",
-    )
+    again = run_cli(*args, "--batch-size", "8")
     assert again.returncode == 0, again.stderr
     assert len(read_records(out)) == 24
     # another configuration on the same --out is refused with one line, unless --overwrite

@@ -2,7 +2,7 @@
 
 Python API (mirrors the CLI): `vrprobe.eval`, `vrprobe.trace`, `vrprobe.corrupt`, `vrprobe.study`, `vrprobe.report`,
 returning `EvalResult`, `TraceResult`, `CorruptResult`, `StudyResult` and the report's path.
-Building blocks: `load_adapter(spec)` (models), `load_dataset(spec)` (data), `evaluate(adapter, dataset)`.
+Building blocks: `load_adapter(spec)` (models), `load_dataset(spec)` (data), `vrprobe.evaluate.score_batch`.
 """
 
 __version__ = "0.1.0"
@@ -10,7 +10,6 @@ __version__ = "0.1.0"
 from vrprobe.api import CorruptResult, EvalResult, TraceResult, corrupt, eval, report, study, trace  # noqa: E402, A004
 from vrprobe.data import Dataset, Sample, load_dataset  # noqa: E402
 from vrprobe.errors import UsageError, VrprobeError  # noqa: E402
-from vrprobe.evaluate import Evaluation, evaluate  # noqa: E402
 from vrprobe.models import Adapter, load_adapter  # noqa: E402
 from vrprobe.study import StudyResult  # noqa: E402
 
@@ -19,7 +18,6 @@ __all__ = [
     "CorruptResult",
     "Dataset",
     "EvalResult",
-    "Evaluation",
     "Sample",
     "StudyResult",
     "TraceResult",
@@ -28,7 +26,6 @@ __all__ = [
     "__version__",
     "corrupt",
     "eval",
-    "evaluate",
     "load_adapter",
     "load_dataset",
     "report",

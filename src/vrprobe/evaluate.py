@@ -10,13 +10,12 @@ Definitions (also written into every `summary.json`):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from vrprobe.data import Dataset, Sample
+from vrprobe.data import Sample
 from vrprobe.errors import VrprobeError
 from vrprobe.interventions import Site, intervene
 from vrprobe.interventions.hooks import Edit
@@ -40,15 +39,6 @@ DEFINITIONS = {
     "sharpness_norm": "sharpness / log(#image tokens), in [0, 1]",
 }
 
-Progress = Callable[[int], None]
-
-
-@dataclass
-class Evaluation:
-    """Per-sample records (one dict per sample) and the summary of a closed-set evaluation."""
-
-    records: list[dict[str, Any]]
-    summary: dict[str, Any]
 
 
 def is_correct(predicted: str, answers: Sequence[str]) -> float:
@@ -158,24 +148,3 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "accuracy": sum(r.get("accuracy", r["correct"]) for r in records) / n if n else float("nan"),
         "accuracy_by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
     }
-
-
-@torch.no_grad()
-def evaluate(
-    adapter: Adapter, dataset: Dataset, *, batch_size: int = 32, progress: Progress | None = None
-) -> Evaluation:
-    """Score every sample of `dataset` with `adapter`; `progress(k)` is called after each batch of k samples."""
-    if batch_size < 1:
-        raise VrprobeError(f"batch size must be at least 1, got {batch_size}")
-    records: list[dict[str, Any]] = []
-    samples = dataset.samples
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        records.extend(score_batch(adapter, chunk))
-        if progress:
-            progress(len(chunk))
-    summary = summarize(records)
-    summary["model"] = {"spec": adapter.name, "family": adapter.family, "params": adapter.num_params}
-    summary["data"] = dataset.spec
-    summary["definitions"] = DEFINITIONS
-    return Evaluation(records=records, summary=summary)

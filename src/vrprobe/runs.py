@@ -131,9 +131,3 @@ def read_records(out: Path, table: str = "records") -> list[dict[str, Any]]:
     """All rows of a run directory's table, in part order (temporary files are ignored)."""
     files = sorted((Path(out) / table).glob("part-*.parquet"))
     return [row for f in files for row in pq.read_table(f).to_pylist()]
-
-
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse a path that is a file (kept for commands that validate before building a `RunDir`)."""
-    if out.exists() and not out.is_dir():
-        raise VrprobeError(f"--out {out} exists and is not a directory")

@@ -273,7 +273,7 @@ Progress = Callable[[int], None]
 
 
 @dataclass
-class TraceResult:
+class DatasetTrace:
     """Per-sample traces, the dataset mean grid ("the circuit") and σ."""
 
     traces: list[SampleTrace]
@@ -302,7 +302,7 @@ def trace_dataset(
     sigma: float | None = None,
     calibration: Sequence[Sample] | None = None,
     progress: Progress | None = None,
-) -> TraceResult:
+) -> DatasetTrace:
     """Trace every sample; σ is measured on `calibration` (default: the samples themselves) unless given."""
     if sigma is None:
         sigma = measure_sigma(adapter, calibration or samples)
@@ -312,4 +312,4 @@ def trace_dataset(
         traces.append(tracer.trace(s, index=i))
         if progress:
             progress(1)
-    return TraceResult(traces=traces, sigma=sigma, cfg=cfg, grid=mean_grid(traces))
+    return DatasetTrace(traces=traces, sigma=sigma, cfg=cfg, grid=mean_grid(traces))
