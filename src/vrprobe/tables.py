@@ -58,9 +58,12 @@ def verdict_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         v = row["verdict"]
         signals = ", ".join(v["signals_predicting_correctness"]) or "none"
         focus = "stays focused" if v["attention_stays_focused_while_accuracy_drops"] else "does not stay focused"
+        key = "r_confidence_accuracy" if v["stronger_signal"] == "confidence" else "r_sharpness_accuracy"
+        r = row[key]["r"]
+        strongest = f"{v['stronger_signal']} (r = {r:+.2f})" if r is not None else v["stronger_signal"]
         out.append(
-            f"{row['model']} · {row['data']}: signals predicting correctness: {signals}; stronger: "
-            f"{v['stronger_signal']}; under band corruption attention {focus} "
+            f"{row['model']} · {row['data']}: signals predicting correctness: {signals}; largest |r| with "
+            f"correctness: {strongest}; under band corruption attention {focus} "
             f"(Δ normalised entropy {v['normalised_entropy_change_under_band_corruption']:+.3f}); "
             f"belief 'sharp attention = reliable': {v['belief_sharp_attention_means_reliable']}"
         )
