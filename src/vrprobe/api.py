@@ -13,7 +13,16 @@ from typing import Any
 
 import torch
 
-from vrprobe.band import AUTO_GROUPS, BandResult, auto_band, band_edits, corrupt_batch, layer_sigmas, parse_band
+from vrprobe.band import (
+    AUTO_GROUPS,
+    BandResult,
+    auto_band,
+    band_edits,
+    check_band_options,
+    corrupt_batch,
+    layer_sigmas,
+    parse_band,
+)
 from vrprobe.band import DEFINITIONS as BAND_DEFINITIONS
 from vrprobe.data import load_dataset, stratified_subset
 from vrprobe.errors import UsageError
@@ -23,7 +32,7 @@ from vrprobe.models import Adapter, load_adapter
 from vrprobe.runs import RunDir
 from vrprobe.study import StudyConfig, StudyResult, Ticker, run_study
 from vrprobe.tracing import DEFINITIONS as TRACE_DEFINITIONS
-from vrprobe.tracing import TraceConfig, Tracer, mean_grid, measure_sigma
+from vrprobe.tracing import TraceConfig, Tracer, measure_sigma, trace_dataset
 
 Progress = Callable[[str, int, int], None]
 
@@ -215,12 +224,11 @@ def corrupt(
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
     adapter = load_adapter(model)
-    band_edits((0, 0), target, positions, noise, {0: 1.0})  # validates target and positions before any work
+    check_band_options(target, positions)
     if band == "auto":
         subset = stratified_subset(dataset.samples, trace_limit, seed)
-        tracer = Tracer(adapter, measure_sigma(adapter, subset), TraceConfig(kinds=("resid",), seed=seed))
-        traces = [tracer.trace(s, i) for i, s in enumerate(subset)]
-        layers = auto_band(mean_grid(traces), adapter.num_layers, groups=AUTO_GROUPS.get(positions, ("image",)))
+        traced = trace_dataset(adapter, subset, TraceConfig(kinds=("resid",), seed=seed))
+        layers = auto_band(traced.grid, adapter.num_layers, groups=AUTO_GROUPS[positions])
     else:
         layers = parse_band(band, adapter.num_layers)
     span = list(range(layers[0], layers[1] + 1))

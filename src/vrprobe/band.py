@@ -19,13 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import score_batch
-from vrprobe.interventions import GaussianNoise, LogitNoise, Site, intervene
+from vrprobe.interventions import GaussianNoise, LogitNoise, Site
 from vrprobe.models import Adapter
+from vrprobe.tracing import site_std
 
 TARGETS = ("hidden", "attention", "both")
 BAND_POSITIONS = ("image", "all")
@@ -91,31 +90,24 @@ def parse_band(text: str, num_layers: int) -> tuple[int, int]:
     return a, b
 
 
-@torch.no_grad()
 def layer_sigmas(
     adapter: Adapter, samples: Sequence[Sample], layers: Sequence[int], positions: str, batch_size: int = 16
 ) -> dict[int, float]:
     """σ_l: standard deviation of decoder layer l's output over `positions` (all dims) on `samples`."""
-    site = Site("resid", tuple(layers), positions)
-    values: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i : i + batch_size]
-        batch = adapter.encode_samples(chunk)
-        with intervene(adapter, batch.groups, record=[site]) as rec:
-            adapter.forward(batch, use_cache=False)
-        states = rec[site] if len(layers) > 1 else rec[site][None]
-        mask = site.mask(batch.groups)
-        for j, layer in enumerate(layers):
-            values[layer].append(states[j][mask].float().flatten())
-    return {layer: float(torch.cat(v).std()) for layer, v in values.items()}
+    return site_std(adapter, samples, Site("resid", tuple(layers), positions), batch_size)
 
 
-def band_edits(band: tuple[int, int], target: str, positions: str, noise: float, sigmas: dict[int, float]) -> list:
-    """The (site, intervention) pairs of a band corruption."""
+def check_band_options(target: str, positions: str) -> None:
+    """One clear error for an unknown --target or --positions."""
     if target not in TARGETS:
         raise UsageError(f"unknown --target '{target}' (known: {', '.join(TARGETS)})")
     if positions not in BAND_POSITIONS:
         raise UsageError(f"unknown --positions '{positions}' (known: {', '.join(BAND_POSITIONS)})")
+
+
+def band_edits(band: tuple[int, int], target: str, positions: str, noise: float, sigmas: dict[int, float]) -> list:
+    """The (site, intervention) pairs of a band corruption."""
+    check_band_options(target, positions)
     layers = range(band[0], band[1] + 1)
     edits: list = []
     if target in ("hidden", "both"):

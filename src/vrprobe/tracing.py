@@ -26,9 +26,9 @@ import torch
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import closed_record, open_record
-from vrprobe.interventions.hooks import _first, layer_parts
+from vrprobe.interventions.hooks import intervene
 from vrprobe.interventions.replay import capture_layer_calls, first_reachable, patch_blocks, run_layers
-from vrprobe.interventions.sites import positions_mask
+from vrprobe.interventions.sites import Site, positions_mask
 from vrprobe.models.base import Adapter, Batch
 
 KINDS = ("resid", "mlp", "attn")
@@ -187,30 +187,12 @@ class Tracer:
     def clean_states(self, batch: Batch) -> dict[str, Any]:
         """One clean forward (no cache): the embeddings, every layer's and block's output, the layer calls."""
         a = self.adapter
-        states: dict[tuple[str, int], torch.Tensor] = {}
-
-        def keep(key):
-            return lambda m, args, out: states.__setitem__(key, _first(out).detach())
-
-        handles = []
-        for i, layer in enumerate(a.decoder_layers):
-            handles.append(layer.register_forward_hook(keep(("resid", i))))
-            for kind, module in layer_parts(layer).items():
-                handles.append(module.register_forward_hook(keep((kind, i))))
-        embed: list[torch.Tensor] = []
-        handles.append(
-            a.decoder_layers[0].register_forward_pre_hook(
-                lambda m, args, kwargs: embed.append((args[0] if args else kwargs["hidden_states"]).detach()),
-                with_kwargs=True,
-            )
-        )
-        try:
-            with capture_layer_calls(a) as calls:
-                logits = a.forward(batch, use_cache=False).logits[0, -1].float()
-        finally:
-            for h in handles:
-                h.remove()
-        return {"embed": embed[0], "states": states, "calls": calls, "logits": logits}
+        sites = {kind: Site(kind, tuple(range(a.num_layers)), "all") for kind in ("resid", "attn", "mlp")}
+        embed = Site("embed")
+        with intervene(a, batch.groups, record=[*sites.values(), embed]) as rec, capture_layer_calls(a) as calls:
+            logits = a.forward(batch, use_cache=False).logits[0, -1].float()
+        states = {(kind, i): x for kind, site in sites.items() for i, x in enumerate(rec.stacked(site))}
+        return {"embed": rec[embed], "states": states, "calls": calls, "logits": logits}
 
     def _restore(self, jobs, start, first, corrupted, clean, masks, target_id) -> list[float]:
         """p(target) for restoration jobs that share a start layer and a first reachable position, one batch."""
@@ -247,26 +229,26 @@ class Tracer:
         return self.prob(last, target_id).view(reps, n).mean(1).tolist()
 
 
+@torch.no_grad()
+def site_std(adapter: Adapter, samples: Sequence[Sample], site: Site, batch_size: int = 16) -> dict[int, float]:
+    """Standard deviation of the state recorded at `site`, over the site's positions and all dimensions of `samples`,
+    per layer of the site (key 0 for `embed`)."""
+    layers = site.layers or (0,)
+    values: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for i in range(0, len(samples), batch_size):
+        batch = adapter.encode_samples(samples[i : i + batch_size])
+        with intervene(adapter, batch.groups, record=[site]) as rec:
+            adapter.forward(batch, use_cache=False)
+        states, mask = rec.stacked(site), site.mask(batch.groups)
+        for j, layer in enumerate(layers):
+            values[layer].append(states[j][mask].float().flatten())
+    return {layer: float(torch.cat(v).std()) for layer, v in values.items()}
+
+
 def measure_sigma(adapter: Adapter, samples: Sequence[Sample], batch_size: int = 16) -> float:
     """σ (ROME's rule): the standard deviation of the input embeddings (the first decoder layer's input, with the
     projected image features in place) over all image-token positions and dimensions of `samples`."""
-    values = []
-    handle_store: list[torch.Tensor] = []
-    layer0 = adapter.decoder_layers[0]
-    h = layer0.register_forward_pre_hook(
-        lambda m, args, kwargs: handle_store.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
-    )
-    try:
-        with torch.no_grad():
-            for i in range(0, len(samples), batch_size):
-                chunk = samples[i : i + batch_size]
-                batch = adapter.encode_samples(chunk)
-                handle_store.clear()
-                adapter.forward(batch, use_cache=False)
-                values.append(handle_store[0][batch.groups.image].float().flatten())
-    finally:
-        h.remove()
-    return float(torch.cat(values).std())
+    return site_std(adapter, samples, Site("embed", positions="image"), batch_size)[0]
 
 
 Progress = Callable[[int], None]

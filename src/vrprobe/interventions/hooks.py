@@ -44,6 +44,11 @@ class Recording(dict):
     probabilities [B, H, T, S], or [B, H, S] for `last`. With several forwards in one block, the last prompt forward
     is kept."""
 
+    def stacked(self, site: Site) -> torch.Tensor:
+        """The site's states with a leading layer dimension [len(layers), ...], also when it names one layer."""
+        states = self[site]
+        return states if len(site.layers) > 1 else states[None]
+
 
 def _replace_output(output: Any, new: torch.Tensor) -> Any:
     if isinstance(output, tuple):
