@@ -9,6 +9,7 @@ from vrprobe.band import auto_band, band_edits, corrupt_band, parse_band
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError
 from vrprobe.interventions import Add, Replace, Site, intervene
+from vrprobe.interventions.replay import attends, capture_layer_calls, closed_subset, reachable
 from vrprobe.tracing import TraceConfig, Tracer, mean_grid, measure_sigma, window_layers
 
 
@@ -52,6 +53,24 @@ def test_engine_equals_plain_loop(adapter, samples):
     ref = reference_loop(adapter, sample, tracer, cfg)
     assert torch.allclose(trace.p_restored, ref, atol=1e-5), (trace.p_restored - ref).abs().max()
     assert trace.target == sample.answers[0]
+
+
+def test_only_positions_attending_to_clean_states_stay_clean(adapter, samples):
+    """What the engine may reuse after restoring the image tokens' layer output: in a causal model the image tokens
+    (and the text before them) see only clean states and stay clean, so only the text after them is recomputed;
+    PaliGemma's bidirectional prefix lets the image tokens see the corrupted text, so nothing stays clean there."""
+    batch = adapter.encode_samples(samples[:1])
+    with torch.no_grad(), capture_layer_calls(adapter) as calls:
+        adapter.forward(batch, use_cache=False)
+    img = batch.groups.image[0]
+    allowed = attends(calls)
+    untouched = ~reachable(allowed, img)
+    closed = closed_subset(allowed, img | untouched)
+    end = int(img.nonzero()[-1]) + 1
+    if adapter.family == "paligemma":
+        assert not untouched.any() and not closed.any()
+    else:
+        assert untouched[: int(img.nonzero()[0])].all() and closed[:end].all() and not closed[end:].any()
 
 
 def test_restoring_all_positions_gives_clean_and_zero_noise_changes_nothing(adapter, samples):

@@ -40,7 +40,6 @@ DEFINITIONS = {
 }
 
 
-
 def is_correct(predicted: str, answers: Sequence[str]) -> float:
     """1.0 when `predicted` equals one of `answers` ignoring case and surrounding space, else 0.0."""
     p = predicted.strip().lower()

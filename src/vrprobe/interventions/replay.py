@@ -3,20 +3,24 @@
 - `capture_layer_calls`: record the arguments (masks, rotary embeddings, ...) each decoder layer is called with in a
   clean forward; they broadcast over any batch size of the same prompt.
 - `run_layers`: run layers start..L−1 on given hidden states with those arguments, optionally only for positions
-  first..T−1 with earlier keys/values from a `DynamicCache`.
+  first..T−1 with earlier keys/values from a `DynamicCache`, or shared by blocks of rows (`KVPrefix`, attached to the
+  attention modules while the layers run; needs vrprobe's attention function).
 - `first_reachable`: the first position a change at some positions can reach through the attention masks.
 - `patch_blocks`: a `with` block replacing attention/MLP block outputs at masked rows and positions.
+- `last_position_mlp`: a `with` block running the last layer's MLP on the last position only.
 Every hook is removed in `finally`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 
+from vrprobe.errors import UsageError
+from vrprobe.interventions.attention import PREFIX_ATTR, KVPrefix
 from vrprobe.interventions.hooks import _first, layer_parts
 from vrprobe.models.base import Adapter
 
@@ -56,6 +60,56 @@ def patch_blocks(adapter: Adapter, patches: dict[tuple[str, int], tuple[torch.Te
             h.remove()
 
 
+@contextmanager
+def last_position_mlp(adapter: Adapter) -> Iterator[None]:
+    """Run the last decoder layer's MLP on the last position only and broadcast its output over the positions.
+
+    Exact for the last position (an MLP acts on each position alone), which is all a caller reading the answer
+    position of the last layer uses; the other positions of that layer's output are then meaningless."""
+    mlp = layer_parts(adapter.decoder_layers[-1])["mlp"]
+    shape: list[torch.Size] = []
+
+    def pre(module, args, kwargs):
+        if not args:
+            return None
+        shape[:] = [args[0].shape]
+        return (args[0][:, -1:], *args[1:]), kwargs
+
+    def post(module, args, kwargs, output):
+        if not shape:
+            return None
+        x = _first(output).expand(shape[0][:-1] + _first(output).shape[-1:])
+        return (x, *output[1:]) if isinstance(output, tuple) else x
+
+    handles = [
+        mlp.register_forward_pre_hook(pre, with_kwargs=True, prepend=True),
+        mlp.register_forward_hook(post, with_kwargs=True, prepend=True),
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def kv_prefix(adapter: Adapter, prefix: Sequence[tuple[torch.Tensor, torch.Tensor] | None]) -> Iterator[None]:
+    """Attach a `KVPrefix` (keys, values of layer i = prefix[i]) to each decoder layer's attention module."""
+    if not adapter.records_attention:
+        raise UsageError("shared key/value prefixes need the language model on vrprobe's attention function")
+    modules = []
+    try:
+        for layer, kv in zip(adapter.decoder_layers, prefix, strict=True):
+            if kv is not None:
+                module = layer_parts(layer)["attn"]
+                setattr(module, PREFIX_ATTR, KVPrefix(*kv))
+                modules.append(module)
+        yield
+    finally:
+        for module in modules:
+            delattr(module, PREFIX_ATTR)
+
+
 SLICED_KWARGS = ("attention_mask", "position_embeddings", "position_ids", "cache_position")
 
 
@@ -67,23 +121,35 @@ def run_layers(
     *,
     keep: bool = False,
     cache: Any = None,
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
     first: int = 0,
+    enter: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run decoder layers start..L−1 on `hidden` [B, T', D] with the per-layer arguments captured from a clean forward;
-    returns the last position's hidden state [B, D] and (when `keep`) every layer's output.
+    returns the last position's hidden state [B, D] and (when `keep`) every layer's output; without `keep` the last
+    layer's MLP runs on the last position only (`last_position_mlp`).
 
-    With `first` > 0, `hidden` holds only positions first..T−1 and `cache` (a `DynamicCache`) the keys and values of
-    positions 0..first−1 at every layer run: the layer arguments are sliced to those query positions."""
+    With `first` > 0, `hidden` holds only positions first..T−1, and the keys and values of positions 0..first−1 at every
+    layer run come from `cache` (a `DynamicCache` with a row per batch row) or `prefix` (per layer, [n, H, first, D]
+    shared by blocks of n rows; see `KVPrefix`): the layer arguments are sliced to those query positions.
+    `enter(i, hidden)`, when given, may replace rows of the state entering layer i > start (L: after the last layer)."""
     outs = []
-    for i in range(start, adapter.num_layers):
-        args, kwargs = calls[i]
-        if cache is not None:
-            kwargs = {**kwargs, "past_key_values": cache, "use_cache": True}
-        if first:
-            kwargs = {**kwargs, **_slice_queries(kwargs, first)}
-        hidden = _first(adapter.decoder_layers[i](hidden, *args, **kwargs))
-        if keep:
-            outs.append(hidden)
+    with ExitStack() as stack:
+        if not keep:
+            stack.enter_context(last_position_mlp(adapter))
+        if prefix is not None:
+            stack.enter_context(kv_prefix(adapter, prefix))
+        for i in range(start, adapter.num_layers):
+            args, kwargs = calls[i]
+            if cache is not None:
+                kwargs = {**kwargs, "past_key_values": cache, "use_cache": True}
+            if first:
+                kwargs = {**kwargs, **_slice_queries(kwargs, first)}
+            hidden = _first(adapter.decoder_layers[i](hidden, *args, **kwargs))
+            if enter is not None:
+                hidden = enter(i + 1, hidden)
+            if keep:
+                outs.append(hidden)
     return hidden[:, -1], outs
 
 
@@ -102,11 +168,9 @@ def _slice_queries(kwargs: dict[str, Any], first: int) -> dict[str, Any]:
     return out
 
 
-def first_reachable(calls: Sequence[tuple[tuple, dict]], positions: torch.Tensor, num_layers: int) -> int:
-    """The first position whose state a change at `positions` [T] can reach through attention, in any layer.
-
-    Closure of "query i attends to key j" over the layers' masks: causal models give min(positions); a prefix that
-    attends bidirectionally (PaliGemma) pulls in the whole prefix. 0 when the masks cannot be read."""
+def attends(calls: Sequence[tuple[tuple, dict]]) -> torch.Tensor | None:
+    """[T, T] bool: query i may attend to key j in some decoder layer (union of the captured masks); None when a
+    layer's mask cannot be read (then no position can be assumed untouched)."""
     allowed = None
     for _, kwargs in calls:
         mask = kwargs.get("attention_mask")
@@ -115,11 +179,43 @@ def first_reachable(calls: Sequence[tuple[tuple, dict]], positions: torch.Tensor
             or mask.dim() != 4
             or any(isinstance(v, torch.Tensor) and k not in SLICED_KWARGS for k, v in kwargs.items())
         ):
-            return 0
+            return None
         m = (mask[0, 0] > torch.finfo(mask.dtype).min / 2) if mask.is_floating_point() else mask[0, 0].bool()
         allowed = m if allowed is None else allowed | m
+    return allowed
+
+
+def reachable(allowed: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+    """[T] bool: the positions whose state a change at `positions` [T] can reach through attention, over any number
+    of layers (every position when `allowed` is None)."""
+    if allowed is None:
+        return torch.ones_like(positions)
     reached = positions.clone()
-    for _ in range(num_layers):
-        reached = reached | (allowed & reached[None, :]).any(1)
-    idx = reached.nonzero()
+    while True:
+        grown = reached | (allowed & reached[None, :]).any(1)
+        if torch.equal(grown, reached):
+            return reached
+        reached = grown
+
+
+def closed_subset(allowed: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+    """[T] bool: the largest subset S of `positions` whose members attend only to members of S. If every position
+    of S holds its clean state at some layer, they all keep their clean states in every later layer (empty when
+    `allowed` is None)."""
+    if allowed is None:
+        return torch.zeros_like(positions)
+    kept = positions.clone()
+    while True:
+        pruned = kept & ~(allowed & ~kept[None, :]).any(1)
+        if torch.equal(pruned, kept):
+            return kept
+        kept = pruned
+
+
+def first_reachable(calls: Sequence[tuple[tuple, dict]], positions: torch.Tensor, num_layers: int) -> int:
+    """The first position whose state a change at `positions` [T] can reach through attention, in any layer.
+
+    Causal models give min(positions); a prefix that attends bidirectionally (PaliGemma) pulls in the whole prefix.
+    0 when the masks cannot be read."""
+    idx = reachable(attends(calls), positions).nonzero()
     return int(idx[0]) if len(idx) else 0

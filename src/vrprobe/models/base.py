@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -161,7 +162,7 @@ class Adapter:
     def eos_token_id(self) -> int:
         return int(self.tokenizer.eos_token_id)
 
-    @property
+    @cached_property
     def decoder_layers(self) -> Any:
         """The language model's decoder layers (a ModuleList), found through `get_decoder()`."""
         return self.model.get_decoder().layers
