@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vrprobe import restoration
 from vrprobe.band import auto_band, band_edits, corrupt_band, parse_band
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError
 from vrprobe.interventions import Add, Replace, Site, intervene
 from vrprobe.interventions.replay import attends, capture_layer_calls, closed_subset, reachable
+from vrprobe.models import load_adapter
 from vrprobe.tracing import TraceConfig, Tracer, mean_grid, measure_sigma, window_layers
 
 
@@ -53,6 +55,24 @@ def test_engine_equals_plain_loop(adapter, samples):
     ref = reference_loop(adapter, sample, tracer, cfg)
     assert torch.allclose(trace.p_restored, ref, atol=1e-5), (trace.p_restored - ref).abs().max()
     assert trace.target == sample.answers[0]
+
+
+def test_batching_choices_do_not_change_results(adapter, samples, monkeypatch):
+    """One job per batch, the default schedule, every start layer in one batch, and another attention function
+    (keys and values copied per row instead of shared per draw) all give the same p_restored."""
+    cfg = TraceConfig(noise_samples=2)
+    sigma = measure_sigma(adapter, samples[:8])
+    default = Tracer(adapter, sigma, cfg).trace(samples[3], index=3)
+    alone = Tracer(adapter, sigma, TraceConfig(noise_samples=2, max_rows=2)).trace(samples[3], index=3)
+    monkeypatch.setattr(restoration, "LAYER_CALL_COST", 10**9)
+    merged_jobs = [restoration.Job(0, "resid", s, 0, s) for s in range(8)]
+    assert len(restoration.schedule(merged_jobs, 8, 10, 100)) == 1
+    assert [len(b) for b in restoration.schedule(merged_jobs, 8, 10, 3)] == [3, 3, 2]
+    merged = Tracer(adapter, sigma, cfg).trace(samples[3], index=3)
+    eager = load_adapter(f"zoo:{adapter.family}", attn_implementation="eager")
+    copied = Tracer(eager, sigma, cfg).trace(samples[3], index=3)
+    for other in (alone, merged, copied):
+        assert torch.allclose(default.p_restored, other.p_restored, atol=1e-6)
 
 
 def test_only_positions_attending_to_clean_states_stay_clean(adapter, samples):

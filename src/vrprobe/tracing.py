@@ -12,11 +12,8 @@ Per sample (ROME's causal tracing, for a VLM):
 
 Fast by construction: all draws of one sample and many restorations run as one batch; a restoration that starts at
 layer s reuses the corrupted run's state entering s instead of recomputing layers below s (the decoder layers are run
-directly, with the per-layer arguments captured from the clean forward, which broadcast over any batch size). Only
-positions whose state can differ from a known run are computed: positions the restored ones cannot reach through the
-attention masks keep the corrupted run's keys and values, and after a `resid` restoration the restored positions whose
-attention reaches only clean states keep the clean run's (in a causal model: the image tokens, so only the text after
-them is recomputed). The last layer's MLP runs on the answer position alone.
+directly, with the per-layer arguments captured from the clean forward, which broadcast over any batch size), and only
+positions whose state can differ from a known run are computed: see `vrprobe.restoration`.
 """
 
 from __future__ import annotations
@@ -31,16 +28,10 @@ from vrprobe.data import Sample
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import closed_record, open_record
 from vrprobe.interventions.hooks import intervene
-from vrprobe.interventions.replay import (
-    attends,
-    capture_layer_calls,
-    closed_subset,
-    patch_blocks,
-    reachable,
-    run_layers,
-)
+from vrprobe.interventions.replay import capture_layer_calls
 from vrprobe.interventions.sites import Site, positions_mask
 from vrprobe.models.base import Adapter, Batch
+from vrprobe.restoration import Job, KnownRuns, plan_positions, restore, schedule, window_layers
 
 KINDS = ("resid", "mlp", "attn")
 DEFINITIONS = {
@@ -119,11 +110,6 @@ class SampleTrace:
         return out
 
 
-def window_layers(layer: int, window: int, num_layers: int) -> range:
-    """ROME's window: layers[max(0, l − W//2) : min(L, l + ceil(W/2))]."""
-    return range(max(0, layer - window // 2), min(num_layers, layer - (-window // 2)))
-
-
 class Tracer:
     """Traces samples with one adapter; `sigma` is the embedding noise scale unit (see `measure_sigma`)."""
 
@@ -140,8 +126,6 @@ class Tracer:
 
     @torch.no_grad()
     def trace(self, sample: Sample, index: int = 0) -> SampleTrace:
-        from transformers import DynamicCache
-
         a, cfg = self.adapter, self.cfg
         batch = a.encode_samples([sample])
         clean = self.clean_states(batch)
@@ -159,35 +143,28 @@ class Tracer:
         delta = torch.zeros((cfg.noise_samples, *clean["embed"].shape[1:]))
         delta[:, img] = cfg.noise * self.sigma * self.noise(index, clean["embed"].shape[1:])[:, img]
         corrupted_in = clean["embed"] + delta.to(clean["embed"].dtype)
-        kv = DynamicCache()  # row 0: the clean run's keys and values; rows 1..N: the corrupted runs
-        last, out = run_layers(a, torch.cat([clean["embed"], corrupted_in]), 0, clean["calls"], keep=True, cache=kv)
-        p_corrupted = float(self.prob(last[1:], target_id).mean())
-        corrupted = {
-            "inputs": [corrupted_in, *(x[1:] for x in out[:-1])],
-            "last": out[-1][1:],
-            "kv": [(layer.keys[1:], layer.values[1:]) for layer in kv.layers],
-        }
-        clean["kv"] = [(layer.keys[:1], layer.values[:1]) for layer in kv.layers]
-        L, G = a.num_layers, len(cfg.groups)
-        p_restored = torch.zeros(len(cfg.kinds), L, G)
+        runs = KnownRuns.replay(a, clean["calls"], clean["states"], clean["embed"], corrupted_in)
+        p_corrupted = float(self.prob(runs.corrupted_inputs[-1][:, -1], target_id).mean())
+        L, G, T = a.num_layers, len(cfg.groups), img.shape[0]
         masks = [positions_mask(g, batch.groups)[0] for g in cfg.groups]
-        plans = self._prefix_plans(clean, masks, img)
-        sets: dict[tuple[int, int], list] = {}  # (first position, closed group or -1) -> jobs
+        plans = plan_positions(clean["calls"], masks, img)
+        by_plan: dict[tuple[int, int], list[Job]] = {}  # (first position, group whose clean prefix is kept or -1)
         for k, kind in enumerate(cfg.kinds):
             for layer in range(L):
                 for g in range(G):
                     start = layer + 1 if kind == "resid" else window_layers(layer, cfg.window, L)[0]
                     first, clean_prefix = plans[("resid" if kind == "resid" else "block", g)]
-                    sets.setdefault((first, g if clean_prefix is not None else -1), []).append(
-                        (k, kind, layer, g, start)
-                    )
-        T = img.shape[0]
-        for (first, closed), jobs in sorted(sets.items()):
-            clean_prefix = plans[("resid", closed)][1] if closed >= 0 else None
-            for chunk in schedule(jobs, L, cfg.noise_samples * (T - first), cfg.max_rows // cfg.noise_samples):
-                probs = self._restore(chunk, first, clean_prefix, corrupted, clean, masks, target_id)
-                for (k, _, layer, g, _), p in zip(chunk, probs, strict=True):
-                    p_restored[k, layer, g] = p
+                    key = (first, g if clean_prefix is not None else -1)
+                    by_plan.setdefault(key, []).append(Job(k, kind, layer, g, start))
+        p_restored = torch.zeros(len(cfg.kinds), L, G)
+        for (first, closed), jobs in sorted(by_plan.items()):
+            plan = plans[("resid", closed)] if closed >= 0 else (first, None)
+            per_job = cfg.noise_samples * (T - plan[0])
+            for batch_jobs in schedule(jobs, L, per_job, cfg.max_rows // cfg.noise_samples):
+                last = restore(a, runs, batch_jobs, plan, masks, cfg.window)
+                probs = self.prob(last, target_id).view(len(batch_jobs), cfg.noise_samples).mean(1)
+                for job, p in zip(batch_jobs, probs.tolist(), strict=True):
+                    p_restored[job.k, job.layer, job.group] = p
         return SampleTrace(
             sample_id=sample.id,
             target=target,
@@ -208,123 +185,6 @@ class Tracer:
             logits = a.forward(batch, use_cache=False).logits[0, -1].float()
         states = {(kind, i): x for kind, site in sites.items() for i, x in enumerate(rec.stacked(site))}
         return {"embed": rec[embed], "states": states, "calls": calls, "logits": logits}
-
-    def _prefix_plans(self, clean, masks, noised) -> dict[tuple[str, int], tuple[int, torch.Tensor | None]]:
-        """Per (restoration family, group index): the first position a restored run must compute, and for `resid`
-        restorations which earlier positions hold clean (rather than corrupted) states above the restored layer.
-
-        Positions a restoration at the group cannot reach keep their corrupted states. A `resid` restoration makes the
-        group clean at its layer; the group's members whose attention only reaches clean positions (the group and the
-        positions the noise never reaches) stay clean in every later layer (`closed_subset`): in a causal model,
-        restoring the image tokens leaves only the text after them to recompute."""
-        allowed = attends(clean["calls"])
-        untouched = ~reachable(allowed, noised)
-        T = noised.shape[0]
-        plans: dict[tuple[str, int], tuple[int, torch.Tensor | None]] = {}
-        for g, mask in enumerate(masks):
-            reach = reachable(allowed, mask)
-            first = int(reach.nonzero()[0]) if reach.any() else T - 1
-            plans[("block", g)] = (min(first, T - 1), None)
-            stays_clean = closed_subset(allowed, mask | untouched) & reach
-            todo = (reach & ~stays_clean).nonzero()
-            first_r = min(int(todo[0]) if len(todo) else T, T - 1)
-            plans[("resid", g)] = (first_r, stays_clean[:first_r]) if first_r > first else plans[("block", g)]
-        return plans
-
-    def _restore(self, jobs, first, clean_prefix, corrupted, clean, masks, target_id) -> list[float]:
-        """p(target) for restoration jobs that share the first position to compute, in one batch of N rows per job.
-
-        The batch runs from the jobs' earliest start layer; a job's rows take the corrupted state entering its own
-        start layer (with its `resid` restoration) when the run reaches it. The keys and values of positions before
-        `first` come from the corrupted run, or the clean run where `clean_prefix` says."""
-        from transformers import DynamicCache
-
-        a, cfg, n = self.adapter, self.cfg, self.cfg.noise_samples
-        L, reps = a.num_layers, len(jobs)
-        start0 = min(job[-1] for job in jobs)
-        patches: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        entering: dict[int, list[int]] = {}
-        for j, (_, kind, layer, g, start) in enumerate(jobs):
-            entering.setdefault(start, []).append(j)
-            if kind == "resid":
-                continue
-            for w in window_layers(layer, cfg.window, L):
-                mask, val = patches.get(
-                    (kind, w),
-                    (
-                        torch.zeros(reps * n, masks[g].shape[0] - first, dtype=torch.bool),
-                        clean["states"][(kind, w)][:, first:],
-                    ),
-                )
-                mask[j * n : (j + 1) * n] = masks[g][first:]
-                patches[(kind, w)] = (mask, val)
-
-        def enter(i: int, hidden: torch.Tensor) -> torch.Tensor:
-            for j in entering.get(i, ()):
-                _, kind, layer, g, _ = jobs[j]
-                rows, pos = slice(j * n, (j + 1) * n), masks[g][first:]
-                hidden[rows] = (corrupted["inputs"][i] if i < L else corrupted["last"])[:, first:]
-                if kind == "resid":
-                    hidden[rows, pos] = clean["states"][("resid", layer)][0, first:][pos].to(hidden.dtype)
-            return hidden
-
-        base = corrupted["inputs"][start0] if start0 < L else corrupted["last"]
-        hidden = enter(start0, base[:, first:].repeat(reps, 1, 1))
-        if start0 >= L:
-            return self.prob(hidden[:, -1], target_id).view(reps, n).mean(1).tolist()
-        prefix: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None
-        if first:  # keys and values of positions 0..first-1: one copy per draw, shared by the jobs' rows
-            prefix = [None] * start0
-            for i in range(start0, L):
-                k, v = (x[..., :first, :] for x in corrupted["kv"][i])
-                if clean_prefix is not None:
-                    use = clean_prefix[None, None, :, None]
-                    k, v = (torch.where(use, c[..., :first, :], x) for c, x in zip(clean["kv"][i], (k, v), strict=True))
-                prefix.append((k, v))
-        cache = None
-        if prefix is not None and not a.records_attention:  # another attention function: a cache row per batch row
-            cache = DynamicCache(
-                ddp_cache_data=[
-                    (None, None) if kv is None else tuple(x.repeat(reps, 1, 1, 1) for x in kv) for kv in prefix
-                ]
-            )
-            prefix = None
-        with patch_blocks(a, patches):
-            last, _ = run_layers(
-                a, hidden, start0, clean["calls"], cache=cache, prefix=prefix, first=first, enter=enter
-            )
-        return self.prob(last, target_id).view(reps, n).mean(1).tolist()
-
-
-LAYER_CALL_COST = 128
-"""Scheduling estimate: the fixed cost of one decoder-layer call, in row-positions of compute (CPU, small models)."""
-
-
-def schedule(jobs: Sequence[tuple], num_layers: int, row_positions: int, max_jobs: int) -> list[list[tuple]]:
-    """Split jobs (their start layer last) into batches: jobs with nearby start layers share a batch when the layer
-    calls saved outweigh the layers run early for the later-starting ones (minimum estimated cost over contiguous
-    groups of start layers, each layer run costing LAYER_CALL_COST + rows·positions); at most `max_jobs` per batch."""
-    starts = sorted({job[-1] for job in jobs})
-    count = {s: sum(job[-1] == s for job in jobs) for s in starts}
-    best, cut = [0.0], [0]
-    for b in range(1, len(starts) + 1):
-        options = []
-        for a in range(b):
-            size = sum(count[s] for s in starts[a:b])
-            cost = (num_layers - starts[a]) * (LAYER_CALL_COST + size * row_positions)
-            options.append((best[a] + cost, a))
-        value, a = min(options)
-        best.append(value)
-        cut.append(a)
-    segments, b = [], len(starts)
-    while b:
-        segments.append(starts[cut[b] : b])
-        b = cut[b]
-    out = []
-    for seg in reversed(segments):
-        chosen = sorted((job for job in jobs if job[-1] in seg), key=lambda job: job[-1])
-        out += [chosen[c : c + max(1, max_jobs)] for c in range(0, len(chosen), max(1, max_jobs))]
-    return out
 
 
 @torch.no_grad()
