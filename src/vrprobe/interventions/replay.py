@@ -5,7 +5,8 @@
 - `run_layers`: run layers start..L−1 on given hidden states with those arguments, optionally only for positions
   first..T−1 with earlier keys/values from a `DynamicCache`, or shared by blocks of rows (`KVPrefix`, attached to the
   attention modules while the layers run; needs vrprobe's attention function).
-- `first_reachable`: the first position a change at some positions can reach through the attention masks.
+- `attends`, `reachable`, `closed_subset`: which positions a change can reach through the attention masks, and which
+  clean positions stay clean.
 - `patch_blocks`: a `with` block replacing attention/MLP block outputs at masked rows and positions.
 - `last_position_mlp`: a `with` block running the last layer's MLP on the last position only.
 Every hook is removed in `finally`.
@@ -70,6 +71,7 @@ def last_position_mlp(adapter: Adapter) -> Iterator[None]:
     shape: list[torch.Size] = []
 
     def pre(module, args, kwargs):
+        shape.clear()
         if not args:
             return None
         shape[:] = [args[0].shape]
@@ -210,12 +212,3 @@ def closed_subset(allowed: torch.Tensor | None, positions: torch.Tensor) -> torc
         if torch.equal(pruned, kept):
             return kept
         kept = pruned
-
-
-def first_reachable(calls: Sequence[tuple[tuple, dict]], positions: torch.Tensor, num_layers: int) -> int:
-    """The first position whose state a change at `positions` [T] can reach through attention, in any layer.
-
-    Causal models give min(positions); a prefix that attends bidirectionally (PaliGemma) pulls in the whole prefix.
-    0 when the masks cannot be read."""
-    idx = reachable(attends(calls), positions).nonzero()
-    return int(idx[0]) if len(idx) else 0
