@@ -24,7 +24,7 @@ import torch
 
 from vrprobe.data import load_dataset
 from vrprobe.interventions import Site, intervene, layer_parts
-from vrprobe.models import load_adapter
+from vrprobe.registry import load_adapter
 from vrprobe.tracing import TraceConfig, Tracer, measure_sigma, window_layers
 
 
@@ -36,7 +36,7 @@ def rome_trace(adapter, sample, tracer: Tracer, cfg: TraceConfig, index: int) ->
     rows = adapter.collate(batch.items * (n + 1))
     img = batch.groups.image[0]
     dim = adapter.model.config.get_text_config().hidden_size
-    eps = tracer.noise(index, (img.shape[0], dim))[:, img] * cfg.noise * tracer.sigma
+    eps = torch.randn((n, img.shape[0], dim), generator=tracer.generator(index))[:, img] * cfg.noise * tracer.sigma
     layers = adapter.decoder_layers
     out = torch.zeros(len(cfg.kinds), L, len(cfg.groups))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vrprobe.models import load_adapter
+from vrprobe.registry import load_adapter
 
 FAMILIES = ("llava", "paligemma", "qwen2vl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from vrprobe.data.easy_vqa import package_root
-from vrprobe.models.registry import ZOO_DIR
+from vrprobe.registry import ZOO_DIR
 from vrprobe.runs import read_records
 
 from conftest import run_cli

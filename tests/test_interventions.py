@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vrprobe.data import load_dataset
-from vrprobe.errors import UsageError
+from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.interventions import (
     Add,
     GaussianNoise,
@@ -39,9 +39,11 @@ def logits(adapter, batch, edits=(), record=(), seed=0):
 
 
 def hook_count(adapter):
+    """(hooks on the model's modules, modules carrying any vrprobe attribute): state must reach the attention function
+    as arguments, never as attributes set on modules."""
     mods = list(adapter.model.modules())
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in mods), sum(
-        1 for m in mods if hasattr(m, "_vrprobe_attention_hook")
+        1 for m in mods if any("vrprobe" in name for name in vars(m))
     )
 
 
@@ -142,7 +144,8 @@ def test_hooks_removed_after_exception(adapter, batch):
             record=[Site("attn", (0,), "all"), Site("embed")],
         ),
     ):
-        assert hook_count(adapter) != before
+        hooks, attributes = hook_count(adapter)
+        assert hooks > before[0] and attributes == 0
         raise RuntimeError("boom")
     assert hook_count(adapter) == before and before[1] == 0
 
@@ -163,3 +166,59 @@ def test_clear_errors(adapter, batch):
     ):
         pass
     assert set(layer_parts(adapter.decoder_layers[0])) == {"attn", "mlp"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ((Site("resid", (1,), "image"), Zero), r"site resid@1\[image\]: Zero is a class; pass an instance"),
+        ((Site("attn_probs", (2,), "last"), Knockout), r"site attn_probs@2\[last\]: Knockout is a class"),
+        ((Site("attn_probs", (2,), "last"), Zero()), r"site attn_probs@2\[last\]: Zero is not an attention"),
+        ((Site("mlp", (0,), "all"), UniformMix(0.5)), r"site mlp@0\[all\]: UniformMix is not a hidden-state"),
+        ((Site("mlp", (0,), "all"), "noise"), r"site mlp@0\[all\]: str is not a hidden-state"),
+        (Zero(), r"an edit is a \(Site, intervention\) pair"),
+        (("resid", Zero()), r"an edit is a \(Site, intervention\) pair"),
+    ],
+)
+def test_wrong_edit_is_refused_before_any_hook(adapter, batch, edit, message):
+    before = hook_count(adapter)
+    with (
+        pytest.raises(UsageError, match=message),
+        intervene(adapter, batch.groups, edits=[(Site("resid", (0,), "all"), Zero()), edit]),
+    ):
+        pytest.fail("the block must not run")
+    assert hook_count(adapter) == before
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GaussianNoise(float("nan")),
+        lambda: GaussianNoise(-3.0),
+        lambda: GaussianNoise(3.0, sigma=float("inf")),
+        lambda: LogitNoise(float("inf")),
+        lambda: UniformMix(1.5),
+        lambda: Add(delta=0.5),
+        lambda: Replace(source=[1.0]),
+    ],
+)
+def test_interventions_check_their_parameters(make):
+    with pytest.raises(UsageError):
+        make()
+
+
+def test_recording_is_one_type_and_filled_at_exit(adapter, batch):
+    site, attn = Site("resid", (0, 2), "all"), Site("attn_probs", (1,), "last")
+    with torch.no_grad(), intervene(adapter, batch.groups, record=[site, attn]) as rec:
+        with pytest.raises(VrprobeError, match="once the .* block has exited"):
+            rec[site]
+        adapter.forward(batch, use_cache=False)
+    assert isinstance(rec[site], torch.Tensor) and rec[site].shape[0] == 2
+    assert rec.stacked(attn).shape[:2] == (1, len(batch))
+    assert set(rec) == {site, attn} and len(rec) == 2
+    with pytest.raises(KeyError):
+        rec[Site("resid", (3,), "all")]
+    with intervene(adapter, batch.groups, record=[site]) as empty:  # no forward ran inside the block
+        pass
+    with pytest.raises(VrprobeError, match=r"resid@0,2\[all\] holds nothing for layer\(s\) 0, 2"):
+        empty[site]

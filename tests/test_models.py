@@ -11,8 +11,7 @@ import torch
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.evaluate import score_batch
-from vrprobe.models import load_adapter, resolve
-from vrprobe.models.registry import ZOO_DIR
+from vrprobe.registry import ZOO_DIR, load_adapter, resolve
 
 
 @pytest.fixture(scope="module")

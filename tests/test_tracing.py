@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vrprobe import restoration
 from vrprobe.band import auto_band, band_edits, corrupt_band, parse_band
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError
 from vrprobe.interventions import Add, Replace, Site, intervene
-from vrprobe.interventions.replay import attends, capture_layer_calls, closed_subset, reachable
-from vrprobe.models import load_adapter
-from vrprobe.tracing import TraceConfig, Tracer, mean_grid, measure_sigma, window_layers
+from vrprobe.registry import load_adapter
+from vrprobe.tracing import TraceConfig, Tracer, mean_grid, measure_sigma, restoration, window_layers
+from vrprobe.tracing.replay import attends, capture_layer_calls, closed_subset, reachable
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,8 @@ def reference_loop(adapter, sample, tracer, cfg):
     n, L = cfg.noise_samples, adapter.num_layers
     rows = adapter.collate(batch.items * (n + 1))
     dim = adapter.model.config.get_text_config().hidden_size
-    eps = tracer.noise(0, (batch.inputs["input_ids"].shape[1], dim))
+    # the engine's draws: N standard normals of the embeddings' shape from the sample's generator
+    eps = torch.randn((n, batch.inputs["input_ids"].shape[1], dim), generator=tracer.generator(0))
     delta = torch.zeros(n + 1, *eps.shape[1:])
     img = batch.groups.image[0]
     delta[1:, img] = cfg.noise * tracer.sigma * eps[:, img]
@@ -111,8 +111,10 @@ def test_same_seed_is_bit_identical(adapter, samples):
     c = Tracer(adapter, sigma, TraceConfig(kinds=("resid", "mlp"), noise_samples=2, seed=4)).trace(samples[4], index=4)
     assert torch.equal(a.p_restored, b.p_restored) and a.p_corrupted == b.p_corrupted
     assert not torch.equal(a.p_restored, c.p_restored)
-    grid = mean_grid([a, b])
+    grid = mean_grid(a.rows() + b.rows())
     assert len(grid) == 2 * adapter.num_layers * 3
+    cell = next(c for c in grid if c["kind"] == "mlp" and c["layer"] == 1 and c["group"] == "question")
+    assert cell["effect"] == pytest.approx(float(a.effect[1, 1, 1]), abs=1e-7)
 
 
 def test_band_corruption_drops_accuracy_and_reports_sharpness(adapter, samples):

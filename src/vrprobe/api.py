@@ -13,28 +13,19 @@ from typing import Any
 
 import torch
 
-from vrprobe.band import (
-    AUTO_GROUPS,
-    BandResult,
-    auto_band,
-    band_edits,
-    check_band_options,
-    corrupt_batch,
-    layer_sigmas,
-    parse_band,
-)
+from vrprobe.band import AUTO_GROUPS, BandResult, auto_band, check_band_options, corrupt_band, parse_band
 from vrprobe.band import DEFINITIONS as BAND_DEFINITIONS
 from vrprobe.data import load_dataset, stratified_subset
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import DEFINITIONS as EVAL_DEFINITIONS
 from vrprobe.evaluate import score_batch, summarize
-from vrprobe.models import Adapter, load_adapter
+from vrprobe.models import Adapter
+from vrprobe.progress import Progress, Ticker
+from vrprobe.registry import load_adapter
 from vrprobe.runs import RunDir
-from vrprobe.study import StudyConfig, StudyResult, Ticker, run_study
+from vrprobe.study import StudyConfig, StudyResult, run_study
 from vrprobe.tracing import DEFINITIONS as TRACE_DEFINITIONS
-from vrprobe.tracing import TraceConfig, Tracer, measure_sigma, trace_dataset
-
-Progress = Callable[[str, int, int], None]
+from vrprobe.tracing import SampleTrace, TraceConfig, mean_grid, trace_dataset
 
 
 @dataclass
@@ -157,38 +148,30 @@ def trace(
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
     adapter = load_adapter(model)
-    sigma = measure_sigma(adapter, dataset.samples)
-    tracer = Tracer(adapter, sigma, cfg)
     done = {r[0] for r in run.done(("sample_id",), "traces")} if run else set()
     rows: list[dict[str, Any]] = []
-    tick = Ticker(progress, f"trace {model}", len(dataset))
-    for i, sample in enumerate(dataset.samples):
-        if sample.id not in done:
-            new = [{**r, "index": i} for r in tracer.trace(sample, index=i).rows()]
-            run.append(new, "traces") if run else rows.extend(new)
-        tick(1)
+
+    def keep(index: int, traced: SampleTrace) -> None:
+        new = [{**r, "index": index} for r in traced.rows()]
+        run.append(new, "traces") if run else rows.extend(new)
+
+    traced = trace_dataset(
+        adapter, dataset.samples, cfg, progress=progress, stage=f"trace {model}", done=done, on_trace=keep
+    )
     rows = sorted(run.read("traces") if run else rows, key=lambda r: r["index"])
     per_sample = {r["sample_id"]: r for r in rows}
     summary = {
         "model": _model_facts(model, adapter),
         "data": data,
         "n": len(per_sample),
-        "sigma": sigma,
+        "sigma": traced.sigma,
         "config": asdict(cfg),
-        "grid": grid_from_rows(rows),
+        "grid": mean_grid(rows),
         "clean_accuracy": sum(r["clean_correct"] for r in per_sample.values()) / max(1, len(per_sample)),
         "definitions": TRACE_DEFINITIONS,
     }
     _finish(run, summary, make_report)
     return TraceResult(rows=rows, summary=summary, out=run.path if run else None)
-
-
-def grid_from_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean effect per (kind, layer, group) over samples, from trace rows."""
-    cells: dict[tuple, list[float]] = {}
-    for r in rows:
-        cells.setdefault((r["kind"], r["layer"], r["group"]), []).append(r["effect"])
-    return [{"kind": k, "layer": layer, "group": g, "effect": sum(v) / len(v)} for (k, layer, g), v in cells.items()]
 
 
 def corrupt(
@@ -231,38 +214,45 @@ def corrupt(
         layers = auto_band(traced.grid, adapter.num_layers, groups=AUTO_GROUPS[positions])
     else:
         layers = parse_band(band, adapter.num_layers)
-    span = list(range(layers[0], layers[1] + 1))
-    sigmas = layer_sigmas(adapter, dataset.samples, span, positions) if target != "attention" else {}
-    edits = band_edits(layers, target, positions, noise, sigmas)
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
     records: list[dict[str, Any]] = []
-    tick = Ticker(progress, f"corrupt {model} layers {layers[0]}-{layers[1]}", len(dataset))
-    for start, chunk, skip in _batches(dataset.samples, batch_size, done, lambda s: s.id):
-        if not skip:
-            batch = adapter.encode_samples(chunk)
-            clean = score_batch(adapter, chunk, batch)
-            bad = corrupt_batch(adapter, chunk, edits, seed, start, batch)
-            rows = [
-                {
-                    **c,
-                    "index": start + j,
-                    "band_correct": b["correct"],
-                    "band_accuracy": b["accuracy"],
-                    "band_predicted": b["predicted"],
-                    "band_confidence": b["confidence"],
-                    "band_sharpness": b["sharpness"],
-                }
-                for j, (c, b) in enumerate(zip(clean, bad, strict=True))
-            ]
-            run.append(rows) if run else records.extend(rows)
-        tick(len(chunk))
+
+    def keep(start: int, clean: list[dict[str, Any]], corrupted: list[dict[str, Any]]) -> None:
+        rows = [
+            {
+                **c,
+                "index": start + j,
+                "band_correct": b["correct"],
+                "band_accuracy": b["accuracy"],
+                "band_predicted": b["predicted"],
+                "band_confidence": b["confidence"],
+                "band_sharpness": b["sharpness"],
+            }
+            for j, (c, b) in enumerate(zip(clean, corrupted, strict=True))
+        ]
+        run.append(rows) if run else records.extend(rows)
+
+    banded = corrupt_band(
+        adapter,
+        dataset.samples,
+        layers,
+        target=target,
+        positions=positions,
+        noise=noise,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        stage=f"corrupt {model} layers {layers[0]}-{layers[1]}",
+        done=done,
+        on_batch=keep,
+    )
     records = sorted(run.read() if run else records, key=lambda r: r["index"])
     result = BandResult(
         band=layers,
         target=target,
         positions=positions,
         noise=noise,
-        sigmas=sigmas,
+        sigmas=banded.sigmas,
         clean=records,
         corrupted=[
             {"correct": r["band_correct"], "accuracy": r["band_accuracy"], "sharpness": r["band_sharpness"]}

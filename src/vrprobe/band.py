@@ -15,15 +15,17 @@ accuracy falls?
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import score_batch
-from vrprobe.interventions import GaussianNoise, LogitNoise, Site
+from vrprobe.interventions import Edit, GaussianNoise, LogitNoise, Site
 from vrprobe.models import Adapter
+from vrprobe.progress import Progress, Ticker
+from vrprobe.seeding import derive_seed
 from vrprobe.tracing import site_std
 
 TARGETS = ("hidden", "attention", "both")
@@ -105,11 +107,13 @@ def check_band_options(target: str, positions: str) -> None:
         raise UsageError(f"unknown --positions '{positions}' (known: {', '.join(BAND_POSITIONS)})")
 
 
-def band_edits(band: tuple[int, int], target: str, positions: str, noise: float, sigmas: dict[int, float]) -> list:
+def band_edits(
+    band: tuple[int, int], target: str, positions: str, noise: float, sigmas: dict[int, float]
+) -> list[Edit]:
     """The (site, intervention) pairs of a band corruption."""
     check_band_options(target, positions)
     layers = range(band[0], band[1] + 1)
-    edits: list = []
+    edits: list[Edit] = []
     if target in ("hidden", "both"):
         edits += [(Site("resid", (layer,), positions), GaussianNoise(noise, sigmas[layer])) for layer in layers]
     if target in ("attention", "both"):
@@ -128,27 +132,35 @@ def corrupt_band(
     seed: int = 0,
     batch_size: int = 32,
     calibration: Sequence[Sample] | None = None,
-    clean: Sequence[dict[str, Any]] | None = None,
-    progress: Callable[[int], None] | None = None,
+    max_new_tokens: int = 10,
+    progress: Progress | None = None,
+    stage: str = "corrupt",
+    done: Collection[str] = (),
+    on_batch: Callable[[int, list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
 ) -> BandResult:
-    """Run band corruption over `samples` (σ_l measured on `calibration`, default the samples). `clean`: the samples'
-    clean records when the caller already has them (from `score_batch`), so the clean pass is not run twice."""
+    """Run band corruption over `samples`: per batch, the clean records and the records under the band's edits
+    (σ_l measured on `calibration`, default the samples). Batches whose sample ids are all in `done` are skipped (a
+    resumed run); `on_batch(start, clean, corrupted)` is called as each batch finishes (the run directory appends it).
+    The result holds the batches run in this call."""
     if not adapter.records_attention:
         raise UsageError("band corruption needs the model loaded with vrprobe's attention function")
+    check_band_options(target, positions)
     layers = list(range(band[0], band[1] + 1))
     sigmas = layer_sigmas(adapter, calibration or samples, layers, positions) if target != "attention" else {}
     edits = band_edits(band, target, positions, noise, sigmas)
-    have_clean = clean is not None
-    clean = list(clean) if have_clean else []
+    clean: list[dict[str, Any]] = []
     corrupted: list[dict[str, Any]] = []
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i : i + batch_size]
-        batch = adapter.encode_samples(chunk)
-        if not have_clean:
-            clean += score_batch(adapter, chunk, batch)
-        corrupted += corrupt_batch(adapter, chunk, edits, seed, i, batch)
-        if progress:
-            progress(len(chunk))
+    tick = Ticker(progress, stage, len(samples))
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        if not all(s.id in done for s in chunk):
+            batch = adapter.encode_samples(chunk)
+            c = score_batch(adapter, chunk, batch, max_new_tokens=max_new_tokens)
+            x = corrupt_batch(adapter, chunk, edits, seed, start, batch, max_new_tokens)
+            clean, corrupted = clean + c, corrupted + x
+            if on_batch:
+                on_batch(start, c, x)
+        tick(len(chunk))
     return BandResult(
         band=band, target=target, positions=positions, noise=noise, sigmas=sigmas, clean=clean, corrupted=corrupted
     )
@@ -157,15 +169,15 @@ def corrupt_band(
 def corrupt_batch(
     adapter: Adapter,
     chunk: Sequence[Sample],
-    edits: list,
+    edits: Sequence[Edit],
     seed: int,
     start: int,
     batch: Any = None,
     max_new_tokens: int = 10,
 ) -> list[dict[str, Any]]:
-    """Score one batch under the band edits; the noise seed depends only on (seed, the batch's first index), so a
+    """Score one batch under the band edits; the noise seed is `derive_seed(seed, the batch's first index)`, so a
     resumed run draws the same noise."""
-    return score_batch(adapter, chunk, batch, edits=edits, seed=seed * 1_000_003 + start, max_new_tokens=max_new_tokens)
+    return score_batch(adapter, chunk, batch, edits=edits, seed=derive_seed(seed, start), max_new_tokens=max_new_tokens)
 
 
 def auto_band(

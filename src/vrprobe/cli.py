@@ -303,7 +303,7 @@ def zoo_train(
     """
     from dataclasses import replace
 
-    from vrprobe.models.registry import ZOO_DIR, ZOO_NAMES
+    from vrprobe.registry import ZOO_DIR, ZOO_NAMES
     from vrprobe.zoo.train import TrainConfig, train
 
     if name not in ZOO_NAMES:

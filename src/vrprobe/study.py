@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +22,9 @@ from vrprobe.data import Dataset, load_dataset, stratified_subset
 from vrprobe.evaluate import score_batch
 from vrprobe.metrics.calibration import calibration_summary
 from vrprobe.metrics.stats import correlation
-from vrprobe.models import Adapter, load_adapter
+from vrprobe.models import Adapter
+from vrprobe.progress import Progress, Ticker
+from vrprobe.registry import load_adapter
 from vrprobe.runs import RunDir
 from vrprobe.tracing import TraceConfig, trace_dataset
 
@@ -83,21 +85,6 @@ class StudyResult:
     records: list[dict[str, Any]]
     table: list[dict[str, Any]]
     summary: dict[str, Any]
-
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-class Ticker:
-    """Turns per-batch counts into (stage, done, total) progress calls."""
-
-    def __init__(self, progress: Progress | None, stage: str, total: int) -> None:
-        self.progress, self.stage, self.total, self.done = progress, stage, total, 0
-
-    def __call__(self, k: int) -> None:
-        self.done += k
-        if self.progress:
-            self.progress(self.stage, self.done, self.total)
 
 
 def signal_stats(records: Sequence[dict[str, Any]], cfg: StudyConfig) -> dict[str, Any]:
@@ -164,7 +151,8 @@ def find_band(
         adapter,
         subset,
         TraceConfig(kinds=("resid",), noise=cfg.noise, seed=cfg.seed),
-        progress=Ticker(progress, f"trace {spec}", len(subset)),
+        progress=progress,
+        stage=f"trace {spec}",
     )
     band = auto_band(traced.grid, adapter.num_layers, cfg.band_width, AUTO_GROUPS[cfg.band_positions])
     sigmas = layer_sigmas(adapter, subset, list(range(band[0], band[1] + 1)), cfg.band_positions)

@@ -4,13 +4,15 @@
   positions `image`, `question`, `last`, `all` or explicit indices.
 - Interventions (ops.py): hidden states — `GaussianNoise` (k·σ), `Add`, `Replace`, `Zero`, `Mean`;
   attention — `LogitNoise`, `UniformMix` (α), `Knockout` (cross-modal).
-- `intervene` (hooks.py): the `with` block that applies edits and records sites; hooks removed in `finally`.
-- `vrprobe_attention` / `register` (attention.py): the attention function registered with `AttentionInterface`.
-- replay.py: running decoder layers directly from captured calls (used by the tracing engine).
+- `HiddenIntervention` / `AttentionIntervention` (ops.py): the two base classes every intervention derives from.
+- `intervene` (hooks.py): the `with` block that checks edits, applies them and records sites (`Recording`, filled when
+  the block exits); hooks removed in `finally`. `Edit` = (Site, intervention).
+- `vrprobe_attention` / `register` (attention.py): the attention function registered with `AttentionInterface`; it
+  records and edits attention, with state passed as arguments.
 """
 
 from vrprobe.interventions.attention import register
-from vrprobe.interventions.hooks import Recording, intervene, layer_parts
+from vrprobe.interventions.hooks import Edit, Recording, intervene, layer_parts
 from vrprobe.interventions.ops import (
     Add,
     AttentionIntervention,
@@ -30,6 +32,7 @@ __all__ = [
     "COMPONENTS",
     "POSITIONS",
     "Add",
+    "Edit",
     "AttentionIntervention",
     "GaussianNoise",
     "HiddenIntervention",

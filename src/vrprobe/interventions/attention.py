@@ -1,25 +1,31 @@
 """vrprobe's attention function, registered with `transformers.AttentionInterface` under the name "vrprobe".
 
-It computes eager attention exactly (grouped-query expansion, scaling, optional soft-capping, fp32 softmax) and, when
-an `intervene` block has attached an `AttentionHook` to the attention module, lets the hook edit the scores before
-softmax, edit the probabilities after it, and record them. The same name is registered in `AttentionMaskInterface`
-with the eager mask function: without it the function would receive no causal or padding mask at all.
-Selected for the text model only (`{"text_config": "vrprobe", "vision_config": "eager"}`). A `KVPrefix` attached to the
-module (the tracing engine's replay) supplies the keys and values of earlier positions shared by blocks of rows.
+It computes eager attention exactly (grouped-query expansion, scaling, optional soft-capping, fp32 softmax). The same
+name is registered in `AttentionMaskInterface` with the eager mask function: without it the function would receive no
+causal or padding mask at all. Selected for the text model only
+(`{"text_config": "vrprobe", "vision_config": "eager"}`).
+
+State reaches it as keyword arguments, which transformers' decoder layers and attention modules pass through unchanged
+(never as attributes set on modules):
+- `vrprobe_hook` (`AttentionHook`): edits of the scores before softmax and of the probabilities after it, and
+  recording; added to the attention module's call by `intervene` (a forward pre-hook inside its `with` block).
+- `vrprobe_prefix` (`SharedPrefix`): keys and values of earlier positions that the caller holds apart from the batch's
+  own (the tracing engine's `vrprobe.tracing.prefix.KVPrefix`); the function only needs its two products.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from vrprobe.interventions.ops import AttentionIntervention
 
 NAME = "vrprobe"
-HOOK_ATTR = "_vrprobe_attention_hook"
-PREFIX_ATTR = "_vrprobe_kv_prefix"
+#: the keyword arguments the function reads (see the module docstring)
+HOOK_KWARG = "vrprobe_hook"
+PREFIX_KWARG = "vrprobe_prefix"
 
 
 @dataclass
@@ -37,40 +43,23 @@ class AttentionHook:
         return self.image_keys.shape[1] == query_len
 
 
-@dataclass
-class KVPrefix:
-    """Keys and values [n, H_kv, P, D] of positions 0..P−1, shared by the batch's rows in blocks: with B = m·n rows,
-    row r attends to prefix r mod n before its own keys. Attention to the prefix is computed per prefix (the queries
-    of its m rows stacked), so the prefix is never copied into each row's cache."""
-
-    keys: torch.Tensor
-    values: torch.Tensor
+class SharedPrefix(Protocol):
+    """Keys and values of positions 0..length−1 supplied apart from the batch's own keys: the function asks only for
+    the unscaled scores of its queries against them and for the output of probabilities over them."""
 
     @property
-    def length(self) -> int:
-        return self.keys.shape[2]
-
-    def _stack(self, x: torch.Tensor) -> torch.Tensor:  # [m·n, H, T, X] -> [n, H, m·T, X]
-        n = self.keys.shape[0]
-        b, h, t, d = x.shape
-        return x.view(b // n, n, h, t, d).permute(1, 2, 0, 3, 4).reshape(n, h, (b // n) * t, d)
-
-    def _unstack(self, x: torch.Tensor, t: int) -> torch.Tensor:  # [n, H, m·T, X] -> [m·n, H, T, X]
-        n, h, mt, d = x.shape
-        return x.view(n, h, mt // t, t, d).permute(2, 0, 1, 3, 4).reshape((mt // t) * n, h, t, d)
+    def length(self) -> int: ...
 
     def scores(self, query: torch.Tensor) -> torch.Tensor:
-        """query [B, H, T, D] · prefix keys -> unscaled scores [B, H, T, P]."""
-        keys = _repeat_kv(self.keys, query.shape[1] // self.keys.shape[1])
-        return self._unstack(torch.matmul(self._stack(query), keys.transpose(2, 3)), query.shape[2])
+        """query [B, H, T, D] -> unscaled scores [B, H, T, length]."""
+        ...
 
     def output(self, probs: torch.Tensor) -> torch.Tensor:
-        """probabilities on the prefix [B, H, T, P] · prefix values -> [B, H, T, D]."""
-        values = _repeat_kv(self.values, probs.shape[1] // self.values.shape[1])
-        return self._unstack(torch.matmul(self._stack(probs), values), probs.shape[2])
+        """probabilities [B, H, T, length] -> their weighted values [B, H, T, D]."""
+        ...
 
 
-def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     if n_rep == 1:
         return x
     b, h, s, d = x.shape
@@ -86,14 +75,17 @@ def vrprobe_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     softcap: float | None = None,
+    vrprobe_hook: AttentionHook | None = None,
+    vrprobe_prefix: SharedPrefix | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention with optional edits/recording. Returns (output [B, T, H, D], probabilities [B, H, T, S])."""
+    """Eager attention with optional edits/recording (`vrprobe_hook`) and keys of earlier positions held apart
+    (`vrprobe_prefix`). Returns (output [B, T, H, D], probabilities [B, H, T, S])."""
     n_rep = query.shape[1] // key.shape[1]
-    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    prefix: KVPrefix | None = getattr(module, PREFIX_ATTR, None)
+    prefix, hook = vrprobe_prefix, vrprobe_hook
     logits = torch.matmul(query, key.transpose(2, 3))
     if prefix is not None:
         logits = torch.cat([prefix.scores(query), logits], dim=-1)
@@ -103,7 +95,6 @@ def vrprobe_attention(
     if attention_mask is not None:
         attention_mask = attention_mask[:, :, :, : logits.shape[-1]]
         logits = logits + attention_mask
-    hook: AttentionHook | None = getattr(module, HOOK_ATTR, None)
     use = hook is not None and hook.active(query.shape[2])
     if use:
         for edit, mask, rng in hook.edits:

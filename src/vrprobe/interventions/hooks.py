@@ -3,29 +3,32 @@
     with intervene(adapter, batch.groups, edits=[(Site("resid", (3,), "image"), GaussianNoise(3.0, sigma))],
                    record=[Site("attn_probs", (5,), "last")], seed=0) as rec:
         out = adapter.forward(batch)
-    probs = rec[Site("attn_probs", (5,), "last")]      # [B, H, S]
+    probs = rec[Site("attn_probs", (5,), "last")]      # [B, H, S], once the block has exited
 
 Forward hooks on the decoder layers (resid), their attention and MLP blocks (attn, mlp), a forward pre-hook on the
-first decoder layer (embed), and an `AttentionHook` attached to attention modules (attn_probs) — all removed in
-`finally`, also when the block raises. Each intervention gets its own generator seeded from (`seed`, its index), so
-the same seed gives bit-identical results on CPU.
+first decoder layer (embed), and a forward pre-hook on attention modules that hands an `AttentionHook` to vrprobe's
+attention function as its `vrprobe_hook` argument (attn_probs) — all removed in `finally`, also when the block raises.
+Every edit is checked (a `Site` with layers in range, an instance of the right intervention base class) before any
+hook is attached. Each intervention gets its own generator seeded from (`seed`, its index; `derive_seed`), so the
+same seed gives bit-identical results on CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from vrprobe.errors import UsageError
-from vrprobe.interventions.attention import HOOK_ATTR, AttentionHook
+from vrprobe.errors import UsageError, VrprobeError
+from vrprobe.interventions.attention import HOOK_KWARG, AttentionHook
 from vrprobe.interventions.ops import AttentionIntervention, HiddenIntervention
 from vrprobe.interventions.sites import Site
 from vrprobe.models.base import Adapter, TokenGroups
+from vrprobe.seeding import generator
 
-Edit = tuple[Site, Any]
+Edit = tuple[Site, HiddenIntervention | AttentionIntervention]
 
 
 def layer_parts(layer: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -38,11 +41,46 @@ def layer_parts(layer: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {"attn": attn, "mlp": mlp}
 
 
-class Recording(dict):
-    """States recorded in an `intervene` block, keyed by `Site` (after any edit at that site), filled when the block
-    exits: [B, T, D] for one layer, [L, B, T, D] stacked in the site's layer order for several; attention
+class Recording(Mapping):
+    """States recorded in an `intervene` block, keyed by `Site` (after any edit at that site), available once the
+    block has exited: [B, T, D] for one layer, [L, B, T, D] stacked in the site's layer order for several; attention
     probabilities [B, H, T, S], or [B, H, S] for `last`. With several forwards in one block, the last prompt forward
-    is kept."""
+    is kept. Reading a site inside the block, a site not asked for, or a site some of whose layers no forward
+    reached is an error that says which."""
+
+    def __init__(self, sites: Sequence[Site]) -> None:
+        self._sites = tuple(dict.fromkeys(sites))
+        self._states: dict[Site, torch.Tensor] = {}
+        self._missing: dict[Site, list[int]] = {}
+        self._closed = False
+
+    def _fill(self, per_layer: dict[tuple[Site, int], torch.Tensor]) -> None:
+        """Stack each site's per-layer states (called once, when the block exits)."""
+        for site in self._sites:
+            layers = site.layers or (0,)
+            missing = [i for i in layers if (site, i) not in per_layer]
+            if missing:
+                self._missing[site] = missing
+            else:
+                states = [per_layer[(site, i)] for i in layers]
+                self._states[site] = states[0] if len(states) == 1 else torch.stack(states)
+        self._closed = True
+
+    def __getitem__(self, site: Site) -> torch.Tensor:
+        if not self._closed:
+            raise VrprobeError("recorded states are available once the `with intervene(...)` block has exited")
+        if site in self._missing:
+            layers = ", ".join(map(str, self._missing[site]))
+            raise VrprobeError(f"site {site} holds nothing for layer(s) {layers}: no prompt forward reached them")
+        if site not in self._states:
+            raise KeyError(site)
+        return self._states[site]
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self._sites)
+
+    def __len__(self) -> int:
+        return len(self._sites)
 
     def stacked(self, site: Site) -> torch.Tensor:
         """The site's states with a leading layer dimension [len(layers), ...], also when it names one layer."""
@@ -50,21 +88,46 @@ class Recording(dict):
         return states if len(site.layers) > 1 else states[None]
 
 
-def _replace_output(output: Any, new: torch.Tensor) -> Any:
+def replace_output(output: Any, new: torch.Tensor) -> Any:
+    """A module's output with its first tensor replaced (modules return a tensor or a tuple starting with one)."""
     if isinstance(output, tuple):
         return (new, *output[1:])
     return new
 
 
-def _first(output: Any) -> torch.Tensor:
+def first_output(output: Any) -> torch.Tensor:
+    """The first tensor of a module's output."""
     return output[0] if isinstance(output, tuple) else output
 
 
 def check_sites(adapter: Adapter, sites: Sequence[Site]) -> None:
+    """One clear error for a site that is not a `Site`, names a layer the model lacks, or needs recorded attention."""
     for site in sites:
+        if not isinstance(site, Site):
+            raise UsageError(f"expected a Site, got {type(site).__name__}: {site!r:.80}")
         site.check(adapter.num_layers)
         if site.component == "attn_probs" and not adapter.records_attention:
             raise UsageError("attention sites need the model loaded with vrprobe's attention function")
+
+
+def check_edits(adapter: Adapter, edits: Sequence[Any]) -> list[Edit]:
+    """Each edit as a (Site, intervention) pair whose intervention is an instance of the base class its site's
+    component needs (`AttentionIntervention` for `attn_probs`, `HiddenIntervention` otherwise); else one error naming
+    the site."""
+    checked: list[Edit] = []
+    for edit in edits:
+        if not (isinstance(edit, tuple) and len(edit) == 2 and isinstance(edit[0], Site)):
+            raise UsageError(f"an edit is a (Site, intervention) pair, got {edit!r:.80}")
+        site, op = edit
+        check_sites(adapter, [site])
+        want = AttentionIntervention if site.component == "attn_probs" else HiddenIntervention
+        kind = "an attention" if want is AttentionIntervention else "a hidden-state"
+        if isinstance(op, type):
+            raise UsageError(f"site {site}: {op.__name__} is a class; pass an instance, e.g. {op.__name__}(...)")
+        if not isinstance(op, want):
+            raise UsageError(f"site {site}: {type(op).__name__} is not {kind} intervention")
+        checked.append((site, op))
+    return checked
 
 
 @contextmanager
@@ -76,20 +139,17 @@ def intervene(
     seed: int = 0,
 ) -> Iterator[Recording]:
     """Apply `edits` (site, intervention) and record `record` sites during the forwards inside the block."""
-    check_sites(adapter, [s for s, _ in edits] + list(record))
+    edits = check_edits(adapter, edits)
+    check_sites(adapter, record)
     layers = adapter.decoder_layers
     width = groups.image.shape[1]
-    rec = Recording()
+    rec = Recording(record)
+    states: dict[tuple[Site, int], torch.Tensor] = {}
     handles: list[Any] = []
     attn_hooks: dict[int, AttentionHook] = {}
     by_target: dict[tuple[str, int], list[tuple[Any, torch.Tensor, torch.Generator]]] = {}
     for i, (site, op) in enumerate(edits):
-        if site.component == "attn_probs":
-            if not isinstance(op, AttentionIntervention):
-                raise UsageError(f"{type(op).__name__} is not an attention intervention (site {site})")
-        elif not isinstance(op, HiddenIntervention) or isinstance(op, AttentionIntervention):
-            raise UsageError(f"{type(op).__name__} is not a hidden-state intervention (site {site})")
-        rng = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        rng = generator(seed, i)
         for layer in site.layers or (0,):
             by_target.setdefault((site.component, layer), []).append((op, site.mask(groups), rng))
     recorded: dict[tuple[str, int], list[Site]] = {}
@@ -107,13 +167,27 @@ def intervene(
             for op, mask, rng in ops:
                 x = op.apply(x, mask.to(x.device), rng)
             for site in sites:
-                rec.setdefault(site, {})[layer] = x.detach()
+                states[(site, layer)] = x.detach()
             return x
 
         return edit
 
     try:
         for component, layer in sorted(set(by_target) | set(recorded)):
+            if component == "attn_probs":
+                hook = attn_hooks.setdefault(layer, AttentionHook(image_keys=groups.image))
+                hook.edits.extend(by_target.get((component, layer), []))
+                sites = recorded.get((component, layer), [])
+                if sites:
+                    hook.record = True
+                    hook.record_last_only = all(s.positions == "last" for s in sites)
+
+                def give(module, args, kwargs, hook=hook):
+                    return args, {**kwargs, HOOK_KWARG: hook}
+
+                module = layer_parts(layers[layer])["attn"]
+                handles.append(module.register_forward_pre_hook(give, with_kwargs=True))
+                continue
             fn = hidden_hook(component, layer)
             if component == "embed":
 
@@ -123,37 +197,19 @@ def intervene(
                     return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
 
                 handles.append(layers[0].register_forward_pre_hook(pre, with_kwargs=True))
-            elif component in ("resid", "attn", "mlp"):
+            else:  # resid, attn, mlp
                 module = layers[layer] if component == "resid" else layer_parts(layers[layer])[component]
 
                 def post(module, args, output, fn=fn):
-                    return _replace_output(output, fn(_first(output)))
+                    return replace_output(output, fn(first_output(output)))
 
                 handles.append(module.register_forward_hook(post))
-            else:  # attn_probs
-                hook = attn_hooks.setdefault(layer, AttentionHook(image_keys=groups.image))
-                hook.edits.extend(by_target.get((component, layer), []))
-                sites = recorded.get((component, layer), [])
-                if sites:
-                    hook.record = True
-                    hook.record_last_only = all(s.positions == "last" for s in sites)
-                module = layer_parts(layers[layer])["attn"]
-                setattr(module, HOOK_ATTR, hook)
         yield rec
     finally:
         for h in handles:
             h.remove()
-        for layer in attn_hooks:
-            module = layer_parts(layers[layer])["attn"]
-            if hasattr(module, HOOK_ATTR):
-                delattr(module, HOOK_ATTR)
-    for (component, layer), sites in recorded.items():
-        if component == "attn_probs" and attn_hooks[layer].records:
-            for site in sites:
-                rec.setdefault(site, {})[layer] = attn_hooks[layer].records[-1]
-    for site, per_layer in rec.items():
-        layers_seen = site.layers or (0,)
-        if all(i in per_layer for i in layers_seen):
-            rec[site] = (
-                per_layer[layers_seen[0]] if len(layers_seen) == 1 else torch.stack([per_layer[i] for i in layers_seen])
-            )
+        for (component, layer), sites in recorded.items():
+            if component == "attn_probs" and attn_hooks[layer].records:
+                for site in sites:
+                    states[(site, layer)] = attn_hooks[layer].records[-1]
+        rec._fill(states)

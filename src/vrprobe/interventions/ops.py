@@ -1,25 +1,41 @@
 """Intervention objects: small, typed, one method each, serialisable into a run manifest (`describe()`).
 
-Hidden-state interventions implement `HiddenIntervention.apply(x, mask, rng)`: `x` [B, T, D] is the state at a site,
-`mask` [B, T] the positions to edit; anything outside the mask is returned unchanged.
-Attention interventions implement `on_logits(logits, mask, rng)` (pre-softmax scores [B, H, T, S] after the attention
-mask is added) and/or `on_probs(probs, mask, image_keys, allowed)` (post-softmax); `mask` [B, T] selects query rows,
-`image_keys` [B, S] the image-token keys and `allowed` [B, 1, T, S] the keys each query may see (causal + padding).
-Every attention edit keeps each row a probability distribution.
+Two base classes, one per kind of state; `intervene` refuses anything that is not an instance of the right one.
+- `HiddenIntervention.apply(x, mask, rng)`: `x` [B, T, D] is the state at a site, `mask` [B, T] the positions to edit;
+  anything outside the mask is returned unchanged. `GaussianNoise`, `Add`, `Replace`, `Zero`, `Mean`.
+- `AttentionIntervention.on_logits(logits, mask, rng)` (pre-softmax scores [B, H, T, S] after the attention mask is
+  added) and/or `on_probs(probs, mask, image_keys, allowed)` (post-softmax); `mask` [B, T] selects query rows,
+  `image_keys` [B, S] the image-token keys and `allowed` [B, 1, T, S] the keys each query may see (causal + padding).
+  Every attention edit keeps each row a probability distribution. `LogitNoise`, `UniformMix`, `Knockout`.
+Parameters are checked when an object is made (a NaN noise scale is an error, not NaN results).
 """
 
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
 from vrprobe.errors import UsageError
 
 
-@runtime_checkable
-class HiddenIntervention(Protocol):
+def _check_scale(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UsageError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def _check_tensor(name: str, value: Any) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise UsageError(f"{name} must be a tensor, got {type(value).__name__}")
+
+
+class HiddenIntervention(ABC):
+    """Base of hidden-state interventions: `apply(x, mask, rng)` returns x edited at the masked positions."""
+
+    @abstractmethod
     def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor: ...
 
 
@@ -36,15 +52,21 @@ def describe(obj: Any) -> dict[str, Any]:
 
 
 @dataclass
-class GaussianNoise:
-    """x + scale·sigma·ε at the masked positions, ε ~ N(0, 1) drawn from the block's seeded generator.
+class GaussianNoise(HiddenIntervention):
+    """x + scale·sigma·ε at the masked positions, ε ~ N(0, 1) of x's shape drawn (float32, on the CPU) from the given
+    seeded generator, then moved to x's device and dtype.
 
     ROME's rule for `sigma`: the standard deviation of the input embeddings over the image-token span, measured on a
-    calibration set (`vrprobe.tracing.measure_sigma`); `scale` is the k in k·σ.
+    calibration set (`vrprobe.tracing.measure_sigma`); `scale` is the k in k·σ. The tracing engine's corruption is
+    this intervention. Both must be finite and ≥ 0.
     """
 
     scale: float
     sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_scale("noise scale", self.scale)
+        _check_scale("noise sigma", self.sigma)
 
     def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         if self.scale == 0:
@@ -54,27 +76,33 @@ class GaussianNoise:
 
 
 @dataclass
-class Add:
+class Add(HiddenIntervention):
     """x + delta at the masked positions; `delta` broadcasts against x [B, T, D] (pre-drawn noise, steering)."""
 
     delta: torch.Tensor
+
+    def __post_init__(self) -> None:
+        _check_tensor("Add.delta", self.delta)
 
     def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         return _where(mask, x + self.delta.to(x.device, x.dtype), x)
 
 
 @dataclass
-class Replace:
+class Replace(HiddenIntervention):
     """The state from another run at the masked positions (restoration, activation patching); broadcasts to x."""
 
     source: torch.Tensor
+
+    def __post_init__(self) -> None:
+        _check_tensor("Replace.source", self.source)
 
     def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         return _where(mask, self.source.expand_as(x), x)
 
 
 @dataclass
-class Zero:
+class Zero(HiddenIntervention):
     """Zero ablation: 0 at the masked positions."""
 
     def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -82,18 +110,20 @@ class Zero:
 
 
 @dataclass
-class Mean:
+class Mean(HiddenIntervention):
     """Mean ablation: a fixed mean vector [D] (e.g. over a dataset) at the masked positions."""
 
     mean: torch.Tensor
+
+    def __post_init__(self) -> None:
+        _check_tensor("Mean.mean", self.mean)
 
     def apply(self, x: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         return _where(mask, self.mean.expand_as(x), x)
 
 
-@dataclass
 class AttentionIntervention:
-    """Base for attention perturbations: identity on logits and probabilities."""
+    """Base of attention perturbations: identity on logits and probabilities; a subclass overrides one or both."""
 
     def on_logits(self, logits: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         return logits
@@ -111,6 +141,9 @@ class LogitNoise(AttentionIntervention):
 
     scale: float
 
+    def __post_init__(self) -> None:
+        _check_scale("attention noise scale", self.scale)
+
     def on_logits(self, logits: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         if self.scale == 0:
             return logits
@@ -126,7 +159,7 @@ class UniformMix(AttentionIntervention):
     alpha: float
 
     def __post_init__(self) -> None:
-        if not 0 <= self.alpha <= 1:
+        if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
             raise UsageError(f"uniform-mix alpha must be in [0, 1], got {self.alpha}")
 
     def on_probs(

@@ -1,6 +1,7 @@
-"""Model adapters, one per family, behind `Adapter`; `load_adapter(spec)` is the entry point."""
+"""Model adapters, one per family, behind `Adapter`. Loading a model from a spec is `vrprobe.registry.load_adapter`
+(outside this package, because it also registers vrprobe's attention function, and `models` never imports
+`interventions`)."""
 
 from vrprobe.models.base import GROUPS, Adapter, Batch, Encoded, TokenGroups
-from vrprobe.models.registry import load_adapter, resolve
 
-__all__ = ["GROUPS", "Adapter", "Batch", "Encoded", "TokenGroups", "load_adapter", "resolve"]
+__all__ = ["GROUPS", "Adapter", "Batch", "Encoded", "TokenGroups"]

@@ -127,15 +127,12 @@ class Adapter:
     ) -> Adapter:
         """Load a local model directory through the Auto classes, as any Hugging Face checkpoint is loaded.
 
-        `attn_implementation` applies to the language model: "vrprobe" (default; eager attention that interventions can
-        edit and record, see `vrprobe.interventions.attention`) or "eager". The vision tower always uses eager.
+        `attn_implementation` applies to the language model: a name registered with transformers' `AttentionInterface`
+        ("vrprobe", registered by `vrprobe.registry.load_adapter`: eager attention that interventions can edit and
+        record) or "eager". The vision tower always uses eager.
         """
         from transformers import AutoModelForImageTextToText
 
-        if attn_implementation == "vrprobe":
-            from vrprobe.interventions.attention import register
-
-            register()
         model = AutoModelForImageTextToText.from_pretrained(
             str(path),
             attn_implementation={"text_config": attn_implementation, "vision_config": "eager"},

@@ -18,20 +18,22 @@ positions whose state can differ from a known run are computed: see `vrprobe.res
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from vrprobe import seeding
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import closed_record, open_record
-from vrprobe.interventions.hooks import intervene
-from vrprobe.interventions.replay import capture_layer_calls
-from vrprobe.interventions.sites import Site, positions_mask
+from vrprobe.interventions import GaussianNoise, Site, intervene
+from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.base import Adapter, Batch
-from vrprobe.restoration import Job, KnownRuns, plan_positions, restore, schedule, window_layers
+from vrprobe.progress import Progress, Ticker
+from vrprobe.tracing.replay import capture_layer_calls
+from vrprobe.tracing.restoration import Job, KnownRuns, plan_positions, restore, schedule, window_layers
 
 KINDS = ("resid", "mlp", "attn")
 DEFINITIONS = {
@@ -116,10 +118,16 @@ class Tracer:
     def __init__(self, adapter: Adapter, sigma: float, cfg: TraceConfig | None = None) -> None:
         self.adapter, self.sigma, self.cfg = adapter, float(sigma), cfg or TraceConfig()
 
-    def noise(self, index: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-        """The N standard-normal draws [N, T, D] used for sample number `index` (seeded by cfg.seed and index)."""
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
-        return torch.randn((self.cfg.noise_samples, *shape), generator=gen)
+    def generator(self, index: int) -> torch.Generator:
+        """The generator of sample number `index`'s noise draws (`derive_seed(cfg.seed, index)`)."""
+        return seeding.generator(self.cfg.seed, index)
+
+    def corrupt(self, embed: torch.Tensor, image: torch.Tensor, index: int) -> torch.Tensor:
+        """The N corrupted inputs [N, T, D]: `GaussianNoise(noise, sigma)` on the image positions `image` [T] of the
+        clean input embeddings `embed` [1, T, D], drawn from `generator(index)`."""
+        n = self.cfg.noise_samples
+        noise = GaussianNoise(self.cfg.noise, self.sigma)
+        return noise.apply(embed.expand(n, -1, -1), image[None].expand(n, -1), self.generator(index))
 
     def prob(self, last_hidden: torch.Tensor, target_id: int) -> torch.Tensor:
         return torch.softmax(self.adapter.head(last_hidden).float(), -1)[:, target_id]
@@ -140,9 +148,7 @@ class Tracer:
         correct = float(record["correct"]) if sample.answers else float("nan")
         target_id = a.answer_ids(target)[0]
         img = batch.groups.image[0]
-        delta = torch.zeros((cfg.noise_samples, *clean["embed"].shape[1:]))
-        delta[:, img] = cfg.noise * self.sigma * self.noise(index, clean["embed"].shape[1:])[:, img]
-        corrupted_in = clean["embed"] + delta.to(clean["embed"].dtype)
+        corrupted_in = self.corrupt(clean["embed"], img, index)
         runs = KnownRuns.replay(a, clean["calls"], clean["states"], clean["embed"], corrupted_in)
         p_corrupted = float(self.prob(runs.corrupted_inputs[-1][:, -1], target_id).mean())
         L, G, T = a.num_layers, len(cfg.groups), img.shape[0]
@@ -209,9 +215,6 @@ def measure_sigma(adapter: Adapter, samples: Sequence[Sample], batch_size: int =
     return site_std(adapter, samples, Site("embed", positions="image"), batch_size)[0]
 
 
-Progress = Callable[[int], None]
-
-
 @dataclass
 class DatasetTrace:
     """Per-sample traces, the dataset mean grid ("the circuit") and σ."""
@@ -222,16 +225,13 @@ class DatasetTrace:
     grid: list[dict[str, Any]] = field(default_factory=list)
 
 
-def mean_grid(traces: Sequence[SampleTrace]) -> list[dict[str, Any]]:
-    """Mean indirect effect over samples for each (kind, layer, group)."""
-    effects = torch.stack([t.effect for t in traces]).mean(0)
-    kinds, groups = traces[0].kinds, traces[0].groups
-    return [
-        {"kind": kind, "layer": layer, "group": group, "effect": float(effects[k, layer, g])}
-        for k, kind in enumerate(kinds)
-        for layer in range(effects.shape[1])
-        for g, group in enumerate(groups)
-    ]
+def mean_grid(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The circuit: mean indirect effect over samples for each (kind, layer, group), from trace rows
+    (`SampleTrace.rows()` or a run's `traces/*.parquet`), in the order the cells first appear."""
+    cells: dict[tuple[str, int, str], list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["kind"], int(r["layer"]), r["group"]), []).append(float(r["effect"]))
+    return [{"kind": k, "layer": layer, "group": g, "effect": sum(v) / len(v)} for (k, layer, g), v in cells.items()]
 
 
 def trace_dataset(
@@ -242,14 +242,22 @@ def trace_dataset(
     sigma: float | None = None,
     calibration: Sequence[Sample] | None = None,
     progress: Progress | None = None,
+    stage: str = "trace",
+    done: Collection[str] = (),
+    on_trace: Callable[[int, SampleTrace], None] | None = None,
 ) -> DatasetTrace:
-    """Trace every sample; σ is measured on `calibration` (default: the samples themselves) unless given."""
+    """Trace every sample (σ measured on `calibration`, default the samples themselves, unless given), skipping the
+    sample ids in `done` (a resumed run); `on_trace(index, trace)` is called as each sample finishes (the run
+    directory appends it). The returned grid covers the samples traced in this call."""
     if sigma is None:
         sigma = measure_sigma(adapter, calibration or samples)
     tracer = Tracer(adapter, sigma, cfg)
+    tick = Ticker(progress, stage, len(samples))
     traces = []
     for i, s in enumerate(samples):
-        traces.append(tracer.trace(s, index=i))
-        if progress:
-            progress(1)
-    return DatasetTrace(traces=traces, sigma=sigma, cfg=cfg, grid=mean_grid(traces))
+        if s.id not in done:
+            traces.append(tracer.trace(s, index=i))
+            if on_trace:
+                on_trace(i, traces[-1])
+        tick(1)
+    return DatasetTrace(traces=traces, sigma=sigma, cfg=cfg, grid=mean_grid([row for t in traces for row in t.rows()]))

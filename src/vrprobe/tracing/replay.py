@@ -3,8 +3,8 @@
 - `capture_layer_calls`: record the arguments (masks, rotary embeddings, ...) each decoder layer is called with in a
   clean forward; they broadcast over any batch size of the same prompt.
 - `run_layers`: run layers start..L−1 on given hidden states with those arguments, optionally only for positions
-  first..T−1 with earlier keys/values from a `DynamicCache`, or shared by blocks of rows (`KVPrefix`, attached to the
-  attention modules while the layers run; needs vrprobe's attention function).
+  first..T−1 with earlier keys/values from a `DynamicCache`, or shared by blocks of rows (a `KVPrefix` per layer,
+  passed in the layer call as vrprobe's attention function's `vrprobe_prefix` argument).
 - `attends`, `reachable`, `closed_subset`: which positions a change can reach through the attention masks, and which
   clean positions stay clean.
 - `patch_blocks`: a `with` block replacing attention/MLP block outputs at masked rows and positions.
@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from vrprobe.errors import UsageError
-from vrprobe.interventions.attention import PREFIX_ATTR, KVPrefix
-from vrprobe.interventions.hooks import _first, layer_parts
+from vrprobe.interventions.attention import PREFIX_KWARG
+from vrprobe.interventions.hooks import first_output, layer_parts, replace_output
 from vrprobe.models.base import Adapter
+from vrprobe.tracing.prefix import KVPrefix
 
 
 @contextmanager
@@ -50,9 +51,8 @@ def patch_blocks(adapter: Adapter, patches: dict[tuple[str, int], tuple[torch.Te
         for (kind, layer), (mask, clean) in patches.items():
 
             def post(module, args, output, mask=mask, clean=clean):
-                x = _first(output)
-                new = torch.where(mask[..., None], clean.to(x.dtype), x)
-                return (new, *output[1:]) if isinstance(output, tuple) else new
+                x = first_output(output)
+                return replace_output(output, torch.where(mask[..., None], clean.to(x.dtype), x))
 
             handles.append(layer_parts(adapter.decoder_layers[layer])[kind].register_forward_hook(post))
         yield
@@ -80,8 +80,8 @@ def last_position_mlp(adapter: Adapter) -> Iterator[None]:
     def post(module, args, kwargs, output):
         if not shape:
             return None
-        x = _first(output).expand(shape[0][:-1] + _first(output).shape[-1:])
-        return (x, *output[1:]) if isinstance(output, tuple) else x
+        x = first_output(output)
+        return replace_output(output, x.expand(shape[0][:-1] + x.shape[-1:]))
 
     handles = [
         mlp.register_forward_pre_hook(pre, with_kwargs=True, prepend=True),
@@ -92,24 +92,6 @@ def last_position_mlp(adapter: Adapter) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
-
-
-@contextmanager
-def kv_prefix(adapter: Adapter, prefix: Sequence[tuple[torch.Tensor, torch.Tensor] | None]) -> Iterator[None]:
-    """Attach a `KVPrefix` (keys, values of layer i = prefix[i]) to each decoder layer's attention module."""
-    if not adapter.records_attention:
-        raise UsageError("shared key/value prefixes need the language model on vrprobe's attention function")
-    modules = []
-    try:
-        for layer, kv in zip(adapter.decoder_layers, prefix, strict=True):
-            if kv is not None:
-                module = layer_parts(layer)["attn"]
-                setattr(module, PREFIX_ATTR, KVPrefix(*kv))
-                modules.append(module)
-        yield
-    finally:
-        for module in modules:
-            delattr(module, PREFIX_ATTR)
 
 
 SLICED_KWARGS = ("attention_mask", "position_embeddings", "position_ids", "cache_position")
@@ -135,19 +117,21 @@ def run_layers(
     layer run come from `cache` (a `DynamicCache` with a row per batch row) or `prefix` (per layer, [n, H, first, D]
     shared by blocks of n rows; see `KVPrefix`): the layer arguments are sliced to those query positions.
     `enter(i, hidden)`, when given, may replace rows of the state entering layer i > start (L: after the last layer)."""
+    if prefix is not None and not adapter.records_attention:
+        raise UsageError("shared key/value prefixes need the language model on vrprobe's attention function")
     outs = []
     with ExitStack() as stack:
         if not keep:
             stack.enter_context(last_position_mlp(adapter))
-        if prefix is not None:
-            stack.enter_context(kv_prefix(adapter, prefix))
         for i in range(start, adapter.num_layers):
             args, kwargs = calls[i]
             if cache is not None:
                 kwargs = {**kwargs, "past_key_values": cache, "use_cache": True}
             if first:
                 kwargs = {**kwargs, **_slice_queries(kwargs, first)}
-            hidden = _first(adapter.decoder_layers[i](hidden, *args, **kwargs))
+            if prefix is not None and prefix[i] is not None:
+                kwargs = {**kwargs, PREFIX_KWARG: KVPrefix(*prefix[i])}
+            hidden = first_output(adapter.decoder_layers[i](hidden, *args, **kwargs))
             if enter is not None:
                 hidden = enter(i + 1, hidden)
             if keep:

@@ -2,6 +2,9 @@
 
 Spec forms: `zoo:NAME` (a checkpoint shipped inside vrprobe), `hf:ORG/NAME` (the local Hugging Face cache only; nothing
 is downloaded), or a path to a local model directory laid out as `save_pretrained` writes it.
+
+This is where models are loaded, so it is also where vrprobe's attention function is registered with transformers
+(`vrprobe.interventions.attention.register`); the adapters in `vrprobe.models` know nothing of interventions.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from pathlib import Path
 import torch
 
 from vrprobe.errors import UsageError, VrprobeError
+from vrprobe.interventions.attention import NAME as ATTENTION_NAME
+from vrprobe.interventions.attention import register
 from vrprobe.models.base import Adapter
 from vrprobe.models.llava import LlavaAdapter
 from vrprobe.models.paligemma import PaliGemmaAdapter
 from vrprobe.models.qwen2vl import Qwen2VLAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, PaliGemmaAdapter, Qwen2VLAdapter)
-ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo" / "checkpoints"
+ZOO_DIR = Path(__file__).resolve().parent / "zoo" / "checkpoints"
 ZOO_NAMES = ("llava", "paligemma", "qwen2vl")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -81,6 +86,8 @@ def load_adapter(spec: str, *, attn_implementation: str = "vrprobe", dtype: torc
         raise VrprobeError(f"{path} has no processor files ({' or '.join(PROCESSOR_FILES)}): save the processor too")
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise VrprobeError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    if attn_implementation == ATTENTION_NAME:
+        register()
     try:
         return cls.load(path, attn_implementation=attn_implementation, dtype=dtype, name=spec)
     except OSError as exc:

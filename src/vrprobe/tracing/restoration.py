@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from vrprobe.interventions.replay import attends, closed_subset, patch_blocks, reachable, run_layers
 from vrprobe.models.base import Adapter
+from vrprobe.tracing.replay import attends, closed_subset, patch_blocks, reachable, run_layers
 
 
 def window_layers(layer: int, window: int, num_layers: int) -> range:
