@@ -1,10 +1,11 @@
 """A minimal Chrome DevTools Protocol client over `--remote-debugging-pipe` (no extra dependency), for the browser
-test: open a page headless, collect console errors, evaluate a script, take a screenshot."""
+test: open a page headless at a set viewport, collect console errors, evaluate a script, take a screenshot."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -36,9 +37,10 @@ class Browser:
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
 
-        def wire() -> None:
-            os.dup2(to_chrome_r, 3)
-            os.dup2(from_chrome_w, 4)
+        def wire() -> None:  # the pipe's ends become fds 3 and 4 in the child, inheritable even if one already was 3
+            src = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chrome_r, from_chrome_w)]
+            os.dup2(src[0], 3)
+            os.dup2(src[1], 4)
 
         cmd = [chromium(), *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}"]
         self.proc = subprocess.Popen(
@@ -80,6 +82,11 @@ class Browser:
                 return reply.get("result", {})
             self.events.append(reply)
 
+    def viewport(self, width: int, height: int) -> None:
+        """Lay the page out at exactly `width` × `height` CSS pixels (scale 1), whatever the window's size."""
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        self.call("Emulation.setDeviceMetricsOverride", metrics, session=True)
+
     def open(self, url: str, timeout: float = 30) -> None:
         self.call("Page.navigate", {"url": url}, session=True)
         deadline = time.time() + timeout
@@ -90,8 +97,13 @@ class Browser:
         result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=True)
         return result["result"].get("value")
 
-    def screenshot(self, path: Path) -> None:
-        data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=True)
+    def screenshot(self, path: Path, full_page: bool = True) -> None:
+        """A PNG of the whole page, or with `full_page=False` of the first screen (the viewport) only."""
+        params = {"format": "png", "captureBeyondViewport": full_page}
+        if not full_page:
+            width, height = self.evaluate("[window.innerWidth, window.innerHeight]")
+            params["clip"] = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
+        data = self.call("Page.captureScreenshot", params, session=True)
         path.write_bytes(base64.b64decode(data["data"]))
 
     def console_errors(self) -> list[str]:

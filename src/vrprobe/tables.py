@@ -1,18 +1,59 @@
-"""Terminal rendering of a study's table (rich). Formatting only: every number comes from `study.run_study`."""
+"""A study's table for people: number formatting shared by the terminal table (rich) and the HTML report, and the
+verdict in words. Formatting only: every number comes from `study.run_study`.
+
+`sig3(x)` three significant digits, `params(n)` 1.47M, `p_value(p)` compact p, `r_interval(cell)` +0.123 [+0.05, +0.19];
+`study_table(rows)` the rich table; `verdict_lines(rows)` one sentence per row.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
 
 
-def _r(cell: dict[str, Any]) -> str:
-    if cell["r"] is None:
+def sig3(x: float | int | None) -> str:
+    """Three significant digits, trailing zeros kept (0.500, 0.0291, 1.98); ints as ints with thousands separators;
+    |x| ≥ 1,000 as rounded ints; None and NaN as 'n/a'."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if abs(x) >= 1000:
+        return f"{round(x):,}"
+    if x == 0:
+        return "0"
+    return f"{x:#.3g}".rstrip(".")
+
+
+def params(n: float | int | None) -> str:
+    """A parameter count in three significant digits with a unit: 1468288 → '1.47M', 7.2e9 → '7.20B', 950 → '950'."""
+    if n is None:
+        return "n/a"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{sig3(n / scale)}{unit}"
+    return str(int(n))
+
+
+def p_value(p: float | None) -> str:
+    """A compact p: '<0.001' below 10⁻³, else two significant digits ('0.16', '0.0035'); None → 'n/a'."""
+    if p is None:
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def r_interval(cell: dict[str, Any], digits: int = 3) -> str:
+    """A correlation and its 95% interval, '+0.123 [+0.05, +0.19]' (r to `digits`, bounds to 2 decimals)."""
+    if cell.get("r") is None:
         return "n/a"
     lo, hi = cell["ci"]
-    return f"{cell['r']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    bounds = ", ".join("n/a" if b is None else f"{b:+.2f}" for b in (lo, hi))
+    return f"{cell['r']:+.{digits}f} [{bounds}]"
 
 
 def study_table(rows: Sequence[dict[str, Any]]) -> Table:
@@ -37,13 +78,13 @@ def study_table(rows: Sequence[dict[str, Any]]) -> Table:
         t.add_row(
             row["model"],
             row["data"],
-            f"{row['params'] / 1e6:.2f}M",
+            params(row["params"]),
             str(row["n"]),
             f"{row['accuracy']:.3f}",
             f"{row['ece']:.3f}",
-            _r(row["r_sharpness_accuracy"]),
-            _r(row["r_sharpness_overconfidence"]),
-            _r(row["r_confidence_accuracy"]),
+            r_interval(row["r_sharpness_accuracy"], digits=2),
+            r_interval(row["r_sharpness_overconfidence"], digits=2),
+            r_interval(row["r_confidence_accuracy"], digits=2),
             f"{row['band'][0]}-{row['band'][1]}",
             f"{row['drop_abs']:.3f} ({row['drop_rel']:.0%})",
             f"{row['sharpness_clean']:.3f}→{row['sharpness_corrupted']:.3f}",

@@ -1,4 +1,7 @@
-"""Figures for the report (matplotlib, Agg), returned as base64 PNG strings. Plotting only: numbers come in ready."""
+"""Figures for the report (matplotlib, Agg), returned as base64 PNG strings. Plotting only: numbers come in ready.
+
+`forest` (the overview: every correlation with its 95% interval), `reliability`, `scatter`, `heatmaps`, `band`.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 GROUPS = ("image", "question", "last")
+#: one colour per dataset, in the study's order (the clean split first)
+DATA_COLORS = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:olive")
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any, dpi: int = 90) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
@@ -60,22 +65,22 @@ def heatmaps(grid: Sequence[dict[str, Any]], title: str) -> str:
     groups = [g for g in GROUPS if any(c["group"] == g for c in grid)] or sorted({c["group"] for c in grid})
     fig, axes = plt.subplots(1, len(kinds), figsize=(2.6 * len(kinds) + 0.8, 3.2), squeeze=False)
     vmax = max(1e-6, max(abs(c["effect"]) for c in grid))
-    for ax, kind in zip(axes[0], kinds, strict=True):
+    for i, (ax, kind) in enumerate(zip(axes[0], kinds, strict=True)):
         m = np.zeros((len(groups), layers))
         for c in grid:
             if c["kind"] == kind and c["group"] in groups:
                 m[groups.index(c["group"]), c["layer"]] = c["effect"]
         im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-        ax.set(title=f"{kind}", xlabel="layer", yticks=range(len(groups)), yticklabels=groups)
+        ax.set(title=f"{kind}", xlabel="layer", yticks=range(len(groups)), yticklabels=groups if i == 0 else [])
         ax.set_xticks(range(layers))
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="indirect effect")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=9, y=1.03)
     return _png(fig)
 
 
 def band(acc_clean: float, acc_bad: float, sharp_clean: float, sharp_bad: float, title: str) -> str:
     """Accuracy and attention entropy, clean vs band corrupted."""
-    fig, axes = plt.subplots(1, 2, figsize=(4.6, 2.8))
+    fig, axes = plt.subplots(1, 2, figsize=(4.0, 3.0))
     axes[0].bar(["clean", "band\ncorrupted"], [acc_clean, acc_bad], color=["tab:blue", "tab:orange"])
     axes[0].set(ylim=(0, 1), title="accuracy")
     axes[1].bar(["clean", "band\ncorrupted"], [sharp_clean, sharp_bad], color=["tab:blue", "tab:orange"])
@@ -83,3 +88,64 @@ def band(acc_clean: float, acc_bad: float, sharp_clean: float, sharp_bad: float,
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _png(fig)
+
+
+def forest(
+    cells: Sequence[dict[str, Any]], panels: Sequence[tuple[str, str, str]], title: str, alpha: float = 0.05
+) -> str:
+    """The overview: one panel per signal, one row per model × dataset; point = r, whisker = its 95% interval, dashed
+    vertical line at r = 0. A filled point counts (interval excludes 0 and p < alpha), a hollow one does not.
+
+    cells: `{"model", "data" (short label), "color" (dataset index), key: {"r", "lo", "hi", "counts"} for each panel}`;
+    panels: `(key, heading, question)` for each panel, left to right.
+    """
+    models = list(dict.fromkeys(c["model"] for c in cells))
+    ys, y, prev = [], 0.0, None
+    for c in cells:
+        y += 1.0 if prev in (None, c["model"]) else 1.6  # a gap between models
+        ys.append(y)
+        prev = c["model"]
+    ends = [v for c in cells for k, *_ in panels for v in (c[k]["lo"], c[k]["hi"], c[k]["r"]) if v is not None]
+    lo, hi = min([0.0, *ends]), max([0.0, *ends])
+    pad = 0.08 * max(hi - lo, 0.2)
+    xlim = (max(-1.0, lo - pad), min(1.0, hi + pad))
+    fig, axes = plt.subplots(1, len(panels), figsize=(13.2, 1.55 + 0.34 * y), sharey=True, squeeze=False)
+    for ax, (key, heading, question) in zip(axes[0], panels, strict=True):
+        for i, model in enumerate(models):
+            rows = [yy for yy, c in zip(ys, cells, strict=True) if c["model"] == model]
+            if i % 2 == 0:
+                ax.axhspan(min(rows) - 0.5, max(rows) + 0.5, color="0.94", zorder=0)
+        ax.axvline(0, color="0.3", lw=1, ls="--", zorder=1)
+        for yy, c in zip(ys, cells, strict=True):
+            cell, color = c[key], DATA_COLORS[c["color"] % len(DATA_COLORS)]
+            if cell["r"] is None:
+                ax.text(0, yy, "n/a", ha="center", va="center", fontsize=8, color="0.4")
+                continue
+            ax.plot([cell["lo"], cell["hi"]], [yy, yy], color=color, lw=2.2, solid_capstyle="butt", zorder=2)
+            ax.plot([cell["lo"]] * 2, [yy - 0.18, yy + 0.18], color=color, lw=1.2, zorder=2)
+            ax.plot([cell["hi"]] * 2, [yy - 0.18, yy + 0.18], color=color, lw=1.2, zorder=2)
+            face = color if cell["counts"] else "white"
+            ax.plot(cell["r"], yy, "o", ms=7, mec=color, mfc=face, mew=1.8, zorder=3)
+            label = f"{cell['r']:+.2f}".replace("-", "\u2212")
+            ax.annotate(label, (cell["r"], yy), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=7.5)
+        ax.set_xlim(*xlim)
+        ax.set_title(f"{heading}\n", fontsize=11, fontweight="bold", loc="center")
+        ax.text(0.5, 1.015, question, transform=ax.transAxes, ha="center", va="bottom", fontsize=9, color="0.3")
+        ax.set_xlabel("r with 95% interval", fontsize=9)
+        ax.grid(axis="x", color="0.85", lw=0.6)
+        ax.tick_params(axis="y", length=0)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+    axes[0][0].set_yticks(ys, [f"{c['model']}  ·  {c['data']}" for c in cells], fontsize=9)
+    axes[0][0].set_ylim(y + 0.7, 0.3)
+    handles = [
+        plt.Line2D([], [], color=DATA_COLORS[i % len(DATA_COLORS)], marker="o", lw=2, label=label)
+        for i, label in dict.fromkeys((c["color"], c["data"]) for c in cells)
+    ]
+    for face, label in (("0.3", f"filled: interval excludes 0 and p < {alpha:g}"), ("white", "hollow: otherwise")):
+        handles.append(plt.Line2D([], [], color="0.3", marker="o", mfc=face, lw=0, label=label))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8.5, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10, x=0.01, ha="left", color="0.25")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97 if title else 1), w_pad=2.0)
+    return _png(fig, dpi=100)
