@@ -20,6 +20,7 @@ from vrprobe.interventions import (
     intervene,
     layer_parts,
 )
+from vrprobe.registry import load_adapter
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +223,22 @@ def test_recording_is_one_type_and_filled_at_exit(adapter, batch):
         pass
     with pytest.raises(VrprobeError, match=r"resid@0,2\[all\] holds nothing for layer\(s\) 0, 2"):
         empty[site]
+
+
+def test_sdpa_split_equals_full_eager_attention(adapter, samples):
+    """Explicit probabilities only for the recorded/edited rows (SDPA elsewhere) equal eager attention for every row:
+    logits, recorded answer-position attention and an attention edit, with left padding and without."""
+    eager = load_adapter(f"zoo:{adapter.family}", attn_implementation="eager")
+    last_only, every_row = Site("attn_probs", (0, 3), "last"), Site("attn_probs", (0, 3), "all")
+    for chosen in (samples[:1], samples):  # one row: no padding; six questions of different lengths: left padding
+        batch = adapter.encode([s.load_image() for s in chosen], [s.question for s in chosen])
+        split, rec = logits(adapter, batch, record=[last_only])
+        full, rec_full = logits(adapter, batch, record=[every_row])  # every row recorded: all rows explicit
+        with torch.no_grad():
+            reference = eager.forward(batch, use_cache=False).logits[:, -1]
+        assert torch.allclose(split, reference, atol=1e-5) and torch.allclose(full, reference, atol=1e-5)
+        assert torch.allclose(rec[last_only], rec_full[every_row][:, :, :, -1], atol=1e-5)
+        knock = [(Site("attn_probs", (1, 2), "last"), Knockout())]
+        knocked, _ = logits(adapter, batch, edits=knock, record=[last_only])
+        knocked_full, _ = logits(adapter, batch, edits=knock, record=[every_row])
+        assert torch.allclose(knocked, knocked_full, atol=1e-5) and not torch.allclose(knocked, split, atol=1e-3)

@@ -1,6 +1,7 @@
 """vrprobe's attention function, registered with `transformers.AttentionInterface` under the name "vrprobe".
 
-It computes eager attention exactly (grouped-query expansion, scaling, optional soft-capping, fp32 softmax). The same
+It computes attention exactly (grouped-query expansion, scaling, optional soft-capping, fp32 softmax): explicit
+probabilities for the query rows that are recorded or edited, SDPA for the rest (`vrprobe_attention`). The same
 name is registered in `AttentionMaskInterface` with the eager mask function: without it the function would receive no
 causal or padding mask at all. Selected for the text model only
 (`{"text_config": "vrprobe", "vision_config": "eager"}`).
@@ -66,6 +67,67 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
+def explicit_rows(hook: AttentionHook | None, query_len: int) -> torch.Tensor | None:
+    """The query positions [K] whose probabilities must be computed explicitly (recorded or edited), sorted; None when
+    every row must be (all rows recorded, or an edit of the pre-softmax scores, whose draws span every row)."""
+    if hook is None:
+        return torch.zeros(0, dtype=torch.long)
+    if hook.record and not hook.record_last_only:
+        return None
+    if any(type(edit).on_logits is not AttentionIntervention.on_logits for edit, _, _ in hook.edits):
+        return None
+    needed = torch.zeros(query_len, dtype=torch.bool)
+    for _, mask, _ in hook.edits:
+        needed |= mask.detach().cpu().any(0)
+    if hook.record:
+        needed[-1] = True
+    return needed.nonzero().squeeze(1)
+
+
+def _explicit(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None,
+    hook: AttentionHook | None,
+    rows: torch.Tensor | None,
+    prefix: SharedPrefix | None,
+    dropout: float,
+    training: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention for the query rows `query` [B, H, K, D] (positions `rows` of the full query, None = all):
+    scores, the hook's edits, softmax, recording — probabilities in float32 whatever the model's dtype. Returns
+    (output [B, H, K, D], float32 probabilities [B, H, K, S])."""
+    logits = torch.matmul(query, key.transpose(2, 3))
+    if prefix is not None:
+        logits = torch.cat([prefix.scores(query), logits], dim=-1)
+    logits = logits * scaling
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    if attention_mask is not None:
+        logits = logits + attention_mask
+    edits = [] if hook is None else [(e, m if rows is None else m[:, rows.to(m.device)], g) for e, m, g in hook.edits]
+    for edit, mask, rng in edits:
+        logits = edit.on_logits(logits, mask, rng)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # edited and recorded in float32, any model dtype
+    if edits:
+        if attention_mask is None:
+            allowed = torch.ones_like(probs[:, :1], dtype=torch.bool)
+        else:
+            allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+        for edit, mask, _ in edits:
+            probs = edit.on_probs(probs, mask, hook.image_keys, allowed)
+    if hook is not None and hook.record:
+        hook.records.append((probs[:, :, -1] if hook.record_last_only else probs).detach())
+    probs_used = torch.nn.functional.dropout(probs.to(query.dtype), p=dropout, training=training)
+    if prefix is None:
+        return torch.matmul(probs_used, value), probs
+    p = prefix.length
+    return prefix.output(probs_used[..., :p]) + torch.matmul(probs_used[..., p:], value), probs
+
+
 def vrprobe_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -78,46 +140,37 @@ def vrprobe_attention(
     vrprobe_hook: AttentionHook | None = None,
     vrprobe_prefix: SharedPrefix | None = None,
     **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention with optional edits/recording (`vrprobe_hook`) and keys of earlier positions held apart
-    (`vrprobe_prefix`). Returns (output [B, T, H, D], probabilities [B, H, T, S])."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention with optional edits/recording (`vrprobe_hook`) and keys of earlier positions held apart
+    (`vrprobe_prefix`). Returns (output [B, T, H, D], probabilities [B, H, T, S] or None).
+
+    Explicit probabilities (scores, softmax in float32, edits, recording) are computed only for the query rows that
+    are recorded or edited (`explicit_rows`: O(rows·S) memory per head, e.g. the answer position for sharpness); every
+    other row goes through `torch.nn.functional.scaled_dot_product_attention`. All rows are explicit (eager, with
+    probabilities returned) when every row is recorded, an edit changes the scores, a prefix is given, or soft-capping
+    or training dropout is on."""
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    prefix, hook = vrprobe_prefix, vrprobe_hook
-    logits = torch.matmul(query, key.transpose(2, 3))
-    if prefix is not None:
-        logits = torch.cat([prefix.scores(query), logits], dim=-1)
-    logits = logits * scaling
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
+    hook = vrprobe_hook if vrprobe_hook is not None and vrprobe_hook.active(query.shape[2]) else None
     if attention_mask is not None:
-        attention_mask = attention_mask[:, :, :, : logits.shape[-1]]
-        logits = logits + attention_mask
-    use = hook is not None and hook.active(query.shape[2])
-    if use:
-        for edit, mask, rng in hook.edits:
-            logits = edit.on_logits(logits, mask, rng)
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
-    if use:
-        if hook.edits:
-            if attention_mask is None:
-                allowed = torch.ones_like(probs[:, :1], dtype=torch.bool)
-            else:
-                allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-            for edit, mask, _ in hook.edits:
-                probs = edit.on_probs(probs, mask, hook.image_keys, allowed)
-        if hook.record:
-            hook.records.append((probs[:, :, -1] if hook.record_last_only else probs).detach())
-    probs_used = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
-    if prefix is None:
-        out = torch.matmul(probs_used, value)
-    else:
-        p = prefix.length
-        out = prefix.output(probs_used[..., :p]) + torch.matmul(probs_used[..., p:], value)
-    out = out.transpose(1, 2).contiguous()
-    return out, probs
+        extra = vrprobe_prefix.length if vrprobe_prefix is not None else 0
+        attention_mask = attention_mask[:, :, :, : key.shape[2] + extra]
+    rows = explicit_rows(hook, query.shape[2])
+    dropping = module.training and dropout > 0
+    if rows is None or vrprobe_prefix is not None or softcap is not None or dropping:
+        out, probs = _explicit(
+            query, key, value, attention_mask, scaling, softcap, hook, None, vrprobe_prefix, dropout, module.training
+        )
+        return out.transpose(1, 2).contiguous(), probs
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+    if len(rows):
+        index = rows.to(query.device)
+        mask = attention_mask[:, :, index] if attention_mask is not None else None
+        part, _ = _explicit(query[:, :, index], key, value, mask, scaling, None, hook, rows, None, 0.0, False)
+        out[:, :, index] = part.to(out.dtype)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def register() -> str:
