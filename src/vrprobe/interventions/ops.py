@@ -40,7 +40,7 @@ class HiddenIntervention(ABC):
 
 
 def _where(mask: torch.Tensor, new: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask[..., None].to(x.device), new.to(x.dtype), x)
+    return torch.where(mask[..., None].to(x.device), new.to(x.device, x.dtype), x)
 
 
 def describe(obj: Any) -> dict[str, Any]:

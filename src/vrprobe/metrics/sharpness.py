@@ -21,6 +21,7 @@ def image_attention_entropy(probs: torch.Tensor, image_mask: torch.Tensor) -> to
     `probs` [..., B, H, S]: one query row per (batch, head), e.g. the last position, with any leading dims (layers);
     `image_mask` [B, S] bool. Returns [..., B, H] float64.
     """
+    image_mask = image_mask.to(probs.device)
     p = probs.to(torch.float64) * image_mask[:, None, :].to(torch.float64)
     total = p.sum(-1, keepdim=True)
     n = image_mask.sum(-1).to(torch.float64)[:, None, None]

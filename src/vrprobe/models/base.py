@@ -189,7 +189,13 @@ class Adapter:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the input embeddings (the first device under a multi-device placement)."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating-point dtype; float inputs (pixel values) are cast to it."""
+        return self.model.get_input_embeddings().weight.dtype
 
     # ---- prompts and encoding ------------------------------------------------------------------------------
     def prompt(self, question: str) -> str:
@@ -250,8 +256,8 @@ class Adapter:
             question[row, offset + it.question_span[0] : offset + it.question_span[1]] = True
         last = torch.zeros_like(image)
         last[:, -1] = True
-        dev = self.device
-        inputs = {k: v.to(dev) for k, v in inputs.items()}
+        dev, dtype = self.device, self.dtype
+        inputs = {k: v.to(dev, dtype) if v.is_floating_point() else v.to(dev) for k, v in inputs.items()}
         pad = torch.tensor([width - it.length for it in items])
         valid = torch.arange(width)[None, :] >= pad[:, None]
         groups = TokenGroups(image=image, question=question, last=last, valid=valid, pad=pad)

@@ -167,6 +167,7 @@ def attends(calls: Sequence[tuple[tuple, dict]]) -> torch.Tensor | None:
         ):
             return None
         m = (mask[0, 0] > torch.finfo(mask.dtype).min / 2) if mask.is_floating_point() else mask[0, 0].bool()
+        m = m.cpu()  # compared with token-group masks, which live on the CPU
         allowed = m if allowed is None else allowed | m
     return allowed
 

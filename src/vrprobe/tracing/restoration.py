@@ -150,8 +150,8 @@ def restore(
         for w in window_layers(job.layer, window, L):
             mask, clean = patches.get((job.kind, w), (None, runs.clean_states[(job.kind, w)][:, first:]))
             if mask is None:
-                mask = torch.zeros(reps * n, clean.shape[1], dtype=torch.bool)
-            mask[j * n : (j + 1) * n] = masks[job.group][first:]
+                mask = torch.zeros(reps * n, clean.shape[1], dtype=torch.bool, device=clean.device)
+            mask[j * n : (j + 1) * n] = masks[job.group][first:].to(clean.device)
             patches[(job.kind, w)] = (mask, clean)
 
     def enter(i: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -160,7 +160,7 @@ def restore(
             job, rows = jobs[j], slice(j * n, (j + 1) * n)
             hidden[rows] = runs.corrupted_inputs[i][:, first:]
             if job.kind == "resid":
-                pos = masks[job.group][first:]
+                pos = masks[job.group][first:].to(hidden.device)
                 hidden[rows, pos] = runs.clean_states[("resid", job.layer)][0, first:][pos].to(hidden.dtype)
         return hidden
 
@@ -173,7 +173,7 @@ def restore(
         for i in range(start0, L):
             k, v = (x[..., :first, :] for x in runs.corrupted_kv[i])
             if clean_prefix is not None:
-                use = clean_prefix[None, None, :, None]
+                use = clean_prefix[None, None, :, None].to(k.device)
                 k, v = (torch.where(use, c[..., :first, :], x) for c, x in zip(runs.clean_kv[i], (k, v), strict=True))
             prefix.append((k, v))
     cache = None
