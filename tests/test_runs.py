@@ -81,8 +81,10 @@ def test_run_dir_refuses_other_config_and_ignores_temporary_files(tmp_path):
 
     with pytest.raises(VrprobeError, match="different configuration"):
         RunDir(out, {"a": 2})
-    RunDir(out, {"a": 2}, overwrite=True)
-    assert not out.exists()
+    replacing = RunDir(out, {"a": 2}, overwrite=True)
+    assert (out / "manifest.json").is_file() and replacing.done(("sample_id",)) == set()  # deleted at the first write
+    replacing.append([{"sample_id": "y", "v": 2.0}])
+    assert read_records(out) == [{"sample_id": "y", "v": 2.0}]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(VrprobeError, match="did not write"):

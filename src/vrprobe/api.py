@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from vrprobe import checks
 from vrprobe.band import AUTO_GROUPS, BandResult, auto_band, check_band_options, corrupt_band, parse_band
 from vrprobe.band import DEFINITIONS as BAND_DEFINITIONS
 from vrprobe.data import load_dataset, stratified_subset
@@ -89,8 +90,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     make_report: bool = True,
 ) -> EvalResult:
     """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.evaluate`)."""
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    checks.options(limit=limit, batch_size=batch_size, seed=seed, max_new_tokens=max_new_tokens)
     config = {
         "command": "eval",
         "model": model,
@@ -143,6 +143,8 @@ def trace(
     make_report: bool = True,
 ) -> TraceResult:
     """Causal tracing per sample; the dataset mean grid is the circuit (see `vrprobe.tracing`)."""
+    checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
+    kinds = kinds.split(",") if isinstance(kinds, str) else kinds  # trace(kinds="resid,mlp") as on the CLI
     cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
     config = {"command": "trace", "model": model, "data": data, "limit": limit, **asdict(cfg)}
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
@@ -192,6 +194,9 @@ def corrupt(
     make_report: bool = True,
 ) -> CorruptResult:
     """Band corruption: accuracy and sharpness with noise on a band of layers (see `vrprobe.band`)."""
+    checks.options(noise=noise, limit=limit, trace_limit=trace_limit, batch_size=batch_size, seed=seed)
+    checks.band_spec(band)
+    check_band_options(target, positions)
     config = {
         "command": "corrupt",
         "model": model,
@@ -207,7 +212,6 @@ def corrupt(
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
     adapter = load_adapter(model)
-    check_band_options(target, positions)
     if band == "auto":
         subset = stratified_subset(dataset.samples, trace_limit, seed)
         traced = trace_dataset(adapter, subset, TraceConfig(kinds=("resid",), seed=seed))
@@ -287,6 +291,17 @@ def study(
     make_report: bool = True,
 ) -> StudyResult:
     """All four modules over models × datasets (see `vrprobe.study`)."""
+    checks.options(
+        limit=limit,
+        trace_limit=trace_limit,
+        noise=noise,
+        batch_size=batch_size,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
+    for spec in checks.spec_list("--models", models):  # a typo in the last model fails now, not after the first
+        checks.model_spec(spec)
+    checks.spec_list("--data", data)
 
     def split(x: Sequence[str] | str) -> tuple[str, ...]:
         return tuple(p.strip() for p in (x.split(",") if isinstance(x, str) else x) if p.strip())
@@ -317,6 +332,9 @@ def study(
 
 def report(out: Path | str) -> Path:
     """Write `report.html` for a run directory; returns its path."""
+    from vrprobe.runs import read_summary
+
+    read_summary(Path(out))  # one error line for a missing, unreadable or malformed summary.json / manifest.json
     from vrprobe.reporting import build_report
 
     return build_report(Path(out))

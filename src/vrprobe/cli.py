@@ -275,12 +275,9 @@ def report_cmd(out: Annotated[Path, typer.Argument(help="A run directory.")]) ->
 @app.command("show")
 def show_cmd(out: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Print a run's table in the terminal. Example: vrprobe show runs/demo"""
-    import json
+    from vrprobe.runs import read_summary
 
-    summary_file = out / "summary.json"
-    if not summary_file.is_file():
-        raise VrprobeError(f"{out} has no summary.json: not a finished vrprobe run")
-    summary = json.loads(summary_file.read_text())
+    summary = read_summary(out)
     if "table" in summary:
         _print_table(summary["table"])
     else:
@@ -303,11 +300,17 @@ def zoo_train(
     """
     from dataclasses import replace
 
+    from vrprobe import checks
     from vrprobe.registry import ZOO_DIR, ZOO_NAMES
+    from vrprobe.runs import check_writable
     from vrprobe.zoo.train import TrainConfig, train
 
     if name not in ZOO_NAMES:
         raise UsageError(f"unknown zoo model '{name}' (known: {', '.join(ZOO_NAMES)})")
+    checks.options(seed=seed, stage1_steps=stage1_steps, stage2_steps=stage2_steps)
+    if out is not None and out.exists() and not out.is_dir():
+        raise VrprobeError(f"--out {out} exists and is not a directory")
+    check_writable(out or ZOO_DIR / name)  # before hours of training, not at the save
     cfg = TrainConfig(seed=seed)
     if stage1_steps is not None:
         cfg = replace(cfg, stage1_steps=stage1_steps)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from vrprobe.checks import finite_logits
 from vrprobe.data import Sample
 from vrprobe.errors import VrprobeError
 from vrprobe.interventions import Site, intervene
@@ -59,18 +60,21 @@ def score_batch(
 
     Closed set (samples with `choices`): candidate scoring. Open-ended (no choices): greedy generation. The prompt
     forward that gives the answer also records the answer position's attention at every layer (the last prompt
-    position, whose output is the first generated token), so sharpness costs no second pass.
+    position, whose output is the first generated token), so sharpness costs no second pass. NaN or inf in the
+    logits (a broken checkpoint, an overflow) raises `VrprobeError` naming the sample instead of scoring it.
     """
     closed = [bool(s.choices) for s in samples]
     if any(closed) and not all(closed):
         raise VrprobeError("a batch mixes closed-set and open-ended samples")
     if batch is None:
         batch = adapter.encode_samples(samples)
+    ids = [s.id for s in samples]
     attn_site = Site("attn_probs", tuple(range(adapter.num_layers)), "last")
     record = [attn_site] if adapter.records_attention else []
     with intervene(adapter, batch.groups, edits=edits, record=record, seed=seed) as rec:
         if all(closed):
             last_logits = adapter.forward(batch, use_cache=False).logits[:, -1]
+            finite_logits(last_logits, ids, model=adapter.name)
         else:
             generated = adapter.generate(batch, max_new_tokens)
     if all(closed):
@@ -81,8 +85,14 @@ def score_batch(
         loglik = adapter.score_candidates(
             batch, [s.choices for s in samples], last_logits=last_logits, context=context if edits else None
         )
+        padded = torch.nn.utils.rnn.pad_sequence([ll.detach().cpu() for ll in loglik], batch_first=True)
+        finite_logits(padded, ids, model=adapter.name, what="answer log-likelihoods")
         records = [closed_record(s, ll) for s, ll in zip(samples, loglik, strict=True)]
     else:
+        steps = [[*g.logprobs, *([] if g.stop_logprob is None else [g.stop_logprob])] for g in generated]
+        width = max(map(len, steps), default=0)
+        padded = torch.tensor([row + [0.0] * (width - len(row)) for row in steps])
+        finite_logits(padded, ids, model=adapter.name, what="answer log-probabilities")
         records = [open_record(s, g) for s, g in zip(samples, generated, strict=True)]
     if record:
         entropy = image_attention_entropy(rec[attn_site], batch.groups.image)  # [L, B, H]

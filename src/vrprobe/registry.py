@@ -68,9 +68,14 @@ def family_of(path: Path) -> type[Adapter]:
     if not cfg_file.is_file():
         raise VrprobeError(f"{path} has no config.json: not a model directory")
     try:
-        model_type = json.loads(cfg_file.read_text()).get("model_type")
-    except json.JSONDecodeError:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise VrprobeError(f"malformed JSON in {cfg_file}") from None
+    except OSError as exc:
+        raise VrprobeError(f"cannot read {cfg_file}: {exc.strerror}") from None
+    if not isinstance(config, dict):
+        raise VrprobeError(f"{cfg_file} is not a model config: expected a JSON object")
+    model_type = config.get("model_type")
     for cls in ADAPTERS:
         if model_type in cls.model_types:
             return cls
@@ -90,5 +95,11 @@ def load_adapter(spec: str, *, attn_implementation: str = "vrprobe", dtype: torc
         register()
     try:
         return cls.load(path, attn_implementation=attn_implementation, dtype=dtype, name=spec)
-    except OSError as exc:
-        raise VrprobeError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+    except VrprobeError:
+        raise
+    except Exception as exc:  # transformers, safetensors and tokenizers raise many types for damaged files
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        if "ignore_mismatched_sizes" in first:  # transformers points at a report it logged, which the CLI hides
+            first = "the weights' shapes do not match config.json"
+        what = first if isinstance(exc, OSError) and first else f"{type(exc).__name__}: {first}".rstrip(": ")
+        raise VrprobeError(f"cannot load model from {path}: {what}") from exc

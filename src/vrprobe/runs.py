@@ -9,7 +9,10 @@
 Every file is written under a temporary name in the same folder and renamed into place, so a `kill -9` at any moment
 loses at most the batch in flight and never leaves a file that cannot be read. Re-running the same command on the
 same folder resumes (finished ids are skipped); a different configuration is refused unless `overwrite`. The folder
-is created only when the first result is written, so a run that fails before that leaves nothing behind.
+is created only when the first result is written, so a run that fails before that leaves nothing behind; `overwrite`
+deletes the old run at that moment too, never a folder vrprobe did not write. Whether the folder can be created is
+checked up front (`check_writable`), and a run folder's files that cannot be read give one `VrprobeError` naming them
+(`read_json`, `read_summary`, `read_records`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +62,47 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; an unreadable, malformed or non-object file raises `VrprobeError` naming it."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+        raise VrprobeError(f"cannot read {path}: {reason}") from None
+    if not isinstance(obj, dict):
+        raise VrprobeError(f"cannot read {path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    """A finished run's `summary.json`, after checking that `manifest.json` (when there) is readable too."""
+    out = Path(out)
+    if not (out / "summary.json").is_file():
+        raise VrprobeError(f"{out} has no summary.json: not a finished vrprobe run")
+    if (out / "manifest.json").is_file():
+        read_json(out / "manifest.json")
+    return read_json(out / "summary.json")
+
+
+def check_writable(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, a folder that cannot be created or written: its nearest existing ancestor must be a
+    folder that accepts a new entry (probed with a temporary folder, removed at once: nothing is left behind)."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.exists():
+        raise VrprobeError(f"{option} {path} is a broken symbolic link")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise VrprobeError(f"{option} {path} cannot be created: {ancestor} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vrprobe-probe-", dir=ancestor))
+    except OSError as exc:
+        raise VrprobeError(
+            f"{option} {path} cannot be created: {ancestor} does not accept new folders ({exc.strerror})"
+        ) from None
+
+
 def _jsonable(value: Any) -> Any:
     try:
         return float(value)
@@ -72,24 +117,28 @@ class RunDir:
         self.path = Path(path)
         self.config = json.loads(json.dumps(config, default=_jsonable))
         self._created = False
+        self._replace = False  # an old run to delete at the first write (overwrite)
         if self.path.exists() and not self.path.is_dir():
             raise VrprobeError(f"--out {self.path} exists and is not a directory")
+        check_writable(self.path)
         manifest = self.path / "manifest.json"
         if self.path.is_dir() and any(self.path.iterdir()):
             same = manifest.is_file() and self._read_manifest(manifest).get("config") == self.config
+            if not manifest.is_file():
+                hint = "; vrprobe never deletes it" if overwrite else "; choose another --out"
+                raise VrprobeError(f"--out {self.path} holds files vrprobe did not write{hint}")
             if overwrite:
-                shutil.rmtree(self.path)
+                self._replace = True
             elif not same:
-                what = "a different configuration" if manifest.is_file() else "files vrprobe did not write"
-                raise VrprobeError(f"--out {self.path} holds {what}; pass --overwrite to replace it")
+                raise VrprobeError(f"--out {self.path} holds a different configuration; pass --overwrite to replace it")
             else:
                 self._created = True
 
     @staticmethod
     def _read_manifest(path: Path) -> dict[str, Any]:
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
+            return read_json(path)
+        except VrprobeError:  # a damaged manifest is "a different configuration"
             return {}
 
     @property
@@ -98,9 +147,22 @@ class RunDir:
 
     def _ensure(self) -> None:
         if not self._created:
-            self.path.mkdir(parents=True, exist_ok=True)
-            write_json(self.path / "manifest.json", {"config": self.config, "versions": versions()})
+            with self._writing(self.path):
+                if self._replace:
+                    shutil.rmtree(self.path)
+                    self._replace = False
+                self.path.mkdir(parents=True, exist_ok=True)
+                write_json(self.path / "manifest.json", {"config": self.config, "versions": versions()})
             self._created = True
+
+    @staticmethod
+    @contextmanager
+    def _writing(path: Path) -> Iterator[None]:
+        """Turn a failed write (disk full, permissions changed mid-run) into one `VrprobeError` naming the path."""
+        try:
+            yield
+        except OSError as exc:
+            raise VrprobeError(f"cannot write to {path}: {exc.strerror or exc}") from None
 
     def append(self, rows: Sequence[dict[str, Any]], table: str = "records") -> None:
         """Append rows as a new Parquet part (temporary name, then rename)."""
@@ -108,14 +170,15 @@ class RunDir:
             return
         self._ensure()
         folder = self.path / table
-        folder.mkdir(exist_ok=True)
-        n = len(list(folder.glob("part-*.parquet")))
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(list(rows)), sink)
-        atomic_write(folder / f"part-{n:06d}.parquet", sink.getvalue().to_pybytes())
+        with self._writing(folder):
+            folder.mkdir(exist_ok=True)
+            n = len(list(folder.glob("part-*.parquet")))
+            atomic_write(folder / f"part-{n:06d}.parquet", sink.getvalue().to_pybytes())
 
     def read(self, table: str = "records") -> list[dict[str, Any]]:
-        return read_records(self.path, table)
+        return [] if self._replace else read_records(self.path, table)
 
     def done(self, keys: Iterable[str], table: str = "records") -> set[tuple]:
         """The set of key tuples already written to `table`."""
@@ -124,10 +187,19 @@ class RunDir:
 
     def write_json(self, name: str, obj: Any) -> None:
         self._ensure()
-        write_json(self.path / name, obj)
+        with self._writing(self.path / name):
+            write_json(self.path / name, obj)
 
 
 def read_records(out: Path, table: str = "records") -> list[dict[str, Any]]:
     """All rows of a run directory's table, in part order (temporary files are ignored)."""
     files = sorted((Path(out) / table).glob("part-*.parquet"))
-    return [row for f in files for row in pq.read_table(f).to_pylist()]
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        try:
+            rows += pq.read_table(f).to_pylist()
+        except (pa.ArrowException, OSError):
+            raise VrprobeError(
+                f"cannot read {f}: not a readable Parquet file (damaged? remove it to recompute)"
+            ) from None
+    return rows

@@ -1,7 +1,10 @@
 """Image shifts for a distribution-shifted split, applied lazily and seeded per sample.
 
-- `noise=S`: add Gaussian noise of standard deviation S (pixel values scaled to [0, 1]) to every pixel, then clip.
-- `occlude=F`: paint a mid-grey square covering a fraction F of the image area at a uniformly random position.
+- `noise=S`: add Gaussian noise of standard deviation S in [0, 1] (pixel values scaled to [0, 1]) to every pixel,
+  then clip.
+- `occlude=F`: paint a mid-grey square covering a fraction F in [0, 1] of the image area at a uniformly random
+  position.
+Each option at most once; anything else in the query is refused with a `UsageError`.
 The random draws for a sample depend only on (seed, sample id), so a shifted split is identical across runs and models.
 """
 
@@ -16,7 +19,7 @@ from PIL import Image
 from vrprobe.data.sample import Sample
 from vrprobe.errors import UsageError
 
-SHIFTS = {"noise": (0.0, 10.0), "occlude": (0.0, 1.0)}
+SHIFTS = {"noise": (0.0, 1.0), "occlude": (0.0, 1.0)}
 
 
 def parse_shifts(query: str) -> dict[str, float]:
@@ -26,13 +29,15 @@ def parse_shifts(query: str) -> dict[str, float]:
         key, sep, value = part.partition("=")
         if key not in SHIFTS or not sep:
             raise UsageError(f"unknown dataset option '{part}' (known: noise=STD, occlude=FRACTION)")
+        if key in out:
+            raise UsageError(f"dataset option {key} is given more than once")
         try:
             number = float(value)
         except ValueError:
             raise UsageError(f"dataset option {key} needs a number, got '{value}'") from None
         lo, hi = SHIFTS[key]
         if not lo <= number <= hi:
-            raise UsageError(f"dataset option {key}={value} is outside [{lo}, {hi}]")
+            raise UsageError(f"dataset option {key}={value} is outside [{lo:g}, {hi:g}]")
         out[key] = number
     return out
 

@@ -1,8 +1,8 @@
 """Dataset spec strings → lists of `Sample`.
 
 Grammar, optionally followed by `?OPTION=VALUE[&OPTION=VALUE]` image shifts (see `vrprobe.data.shift`): `noise=0.3`
-(Gaussian pixel noise, std in [0, 1] pixel units) and `occlude=0.25` (a random grey patch over that fraction of the
-image), seeded per sample.
+(Gaussian pixel noise, std in [0, 1] pixel units) and `occlude=0.25` (a random grey patch over that fraction, in
+[0, 1], of the image), seeded per sample; anything else after `?` is refused.
 
 - `easy-vqa:SPLIT` (the data shipped in the `easy-vqa` package) or `easy-vqa:DIR:SPLIT` (a local copy, same layout).
 - `vqav2:PATH[:SPLIT]`, `okvqa:PATH[:SPLIT]`, `scienceqa:PATH[:SPLIT]`: a local copy of the benchmark.
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vrprobe import checks
 from vrprobe.data.easy_vqa import load_easy_vqa
 from vrprobe.data.parquet import is_parquet_source, load_parquet
 from vrprobe.data.sample import Sample
@@ -57,8 +58,12 @@ class Dataset:
 def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ablation: str | None = None) -> Dataset:
     """Parse `spec`, load its samples, optionally take a type-stratified subset and ablate the images.
 
-    Raises `UsageError` for a malformed spec and `VrprobeError` for missing files or an empty dataset.
+    Raises `UsageError` for a malformed spec, `limit` or `seed` and `VrprobeError` for missing files or an empty
+    dataset.
     """
+    checks.options(limit=limit, seed=seed)
+    if not isinstance(spec, str):
+        raise UsageError(f"a dataset spec is a string such as easy-vqa:test, got {spec!r}")
     base, _, query = spec.partition("?")
     shifts = parse_shifts(query) if query else {}
     name, _, rest = base.partition(":")
@@ -80,8 +85,6 @@ def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ab
     if not samples:
         raise VrprobeError(f"dataset '{spec}' is empty")
     if limit is not None:
-        if limit < 1:
-            raise UsageError(f"--limit must be at least 1, got {limit}")
         samples = stratified_subset(samples, limit, seed)
     if shifts:
         samples = shift_images(samples, shifts, seed)

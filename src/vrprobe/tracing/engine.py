@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from vrprobe import seeding
+from vrprobe import checks, seeding
+from vrprobe.checks import finite_logits
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import closed_record, open_record
@@ -68,8 +69,8 @@ class TraceConfig:
         bad = [g for g in self.groups if g not in (*TRACE_GROUPS, "all")]
         if bad or not self.groups:
             raise UsageError(f"unknown token group {', '.join(bad) or '(none)'} (known: image, question, last, all)")
-        if self.noise_samples < 1 or self.window < 1:
-            raise UsageError("--noise-samples and --window must be at least 1")
+        checks.options(noise=self.noise, noise_samples=self.noise_samples, window=self.window, seed=self.seed)
+        checks.positive_int("max_rows", self.max_rows)
 
 
 @dataclass
@@ -129,14 +130,19 @@ class Tracer:
         noise = GaussianNoise(self.cfg.noise, self.sigma)
         return noise.apply(embed.expand(n, -1, -1), image[None].expand(n, -1), self.generator(index))
 
-    def prob(self, last_hidden: torch.Tensor, target_id: int) -> torch.Tensor:
-        return torch.softmax(self.adapter.head(last_hidden).float(), -1)[:, target_id]
+    def prob(self, last_hidden: torch.Tensor, target_id: int, sample_id: str) -> torch.Tensor:
+        """p(target) [rows] from last-layer states [rows, D]: softmax over the vocabulary, in float32; logits holding
+        NaN or inf stop the trace with an error naming the sample."""
+        logits = self.adapter.head(last_hidden).float()
+        finite_logits(logits, [sample_id], model=self.adapter.name, what="logits in a corrupted or restored run")
+        return torch.softmax(logits, -1)[:, target_id]
 
     @torch.no_grad()
     def trace(self, sample: Sample, index: int = 0) -> SampleTrace:
         a, cfg = self.adapter, self.cfg
         batch = a.encode_samples([sample])
         clean = self.clean_states(batch)
+        finite_logits(clean["logits"], [sample.id], model=a.name)
         if sample.choices:  # the clean prediction, from the same clean forward
             loglik = a.score_candidates(batch, [sample.choices], last_logits=clean["logits"][None])[0]
             record = closed_record(sample, loglik)
@@ -150,7 +156,7 @@ class Tracer:
         img = batch.groups.image[0]
         corrupted_in = self.corrupt(clean["embed"], img, index)
         runs = KnownRuns.replay(a, clean["calls"], clean["states"], clean["embed"], corrupted_in)
-        p_corrupted = float(self.prob(runs.corrupted_inputs[-1][:, -1], target_id).mean())
+        p_corrupted = float(self.prob(runs.corrupted_inputs[-1][:, -1], target_id, sample.id).mean())
         L, G, T = a.num_layers, len(cfg.groups), img.shape[0]
         masks = [positions_mask(g, batch.groups)[0] for g in cfg.groups]
         plans = plan_positions(clean["calls"], masks, img)
@@ -168,7 +174,7 @@ class Tracer:
             per_job = cfg.noise_samples * (T - plan[0])
             for batch_jobs in schedule(jobs, L, per_job, cfg.max_rows // cfg.noise_samples):
                 last = restore(a, runs, batch_jobs, plan, masks, cfg.window)
-                probs = self.prob(last, target_id).view(len(batch_jobs), cfg.noise_samples).mean(1)
+                probs = self.prob(last, target_id, sample.id).view(len(batch_jobs), cfg.noise_samples).mean(1)
                 for job, p in zip(batch_jobs, probs.tolist(), strict=True):
                     p_restored[job.k, job.layer, job.group] = p
         return SampleTrace(
