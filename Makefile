@@ -1,19 +1,21 @@
 # Two entry points: `make demo` and `make test`. Both create .venv when it is missing.
+# `make test-compat`: the model tests against the newest transformers pyproject.toml admits, in .venv-compat.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean chromium
+.PHONY: demo test test-compat lint clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, pinned: the CPU wheel. An unpinned torch would pull GBs of CUDA packages.
-$(STAMP): $(BIN)/python pyproject.toml
+# torch first, pinned: the CPU wheel. An unpinned torch would pull GBs of CUDA packages. constraints.txt fixes the
+# transformers this venv tests (the one the zoo and every measured figure used); pyproject.toml declares the range.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 # The main job on the built-in default: the study over the three zoo models, clean and shifted (Gaussian pixel noise),
@@ -30,8 +32,32 @@ chromium:
 test: $(STAMP) chromium
 	VRPROBE_ARTIFACTS=runs/artifacts $(BIN)/python -m pytest -q
 
+# Layer replay (vrprobe.tracing) calls transformers' decoder layers directly, so it depends on how they are called.
+# This runs the tests that load models against the newest supported transformers, in a venv of its own so that
+# `make test` keeps .venv as it is. Its stamp names the version: another COMPAT_TRANSFORMERS reinstalls.
+# FutureWarning is an error here: an argument transformers deprecates (as 5.24 did `past_key_values`) fails early.
+COMPAT_TRANSFORMERS ?= 5.24.0
+COMPAT_VENV := .venv-compat
+COMPAT_BIN := $(COMPAT_VENV)/bin
+COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(COMPAT_TRANSFORMERS)
+COMPAT_TESTS ?= tests/test_models.py tests/test_tracing.py tests/test_interventions.py
+
+$(COMPAT_BIN)/python:
+	$(PYTHON) -m venv $(COMPAT_VENV)
+
+$(COMPAT_STAMP): $(COMPAT_BIN)/python pyproject.toml
+	$(COMPAT_BIN)/pip install --quiet --upgrade pip
+	$(COMPAT_BIN)/pip install --quiet torch==2.13.0
+	$(COMPAT_BIN)/pip install --quiet -e ".[dev]" "transformers==$(COMPAT_TRANSFORMERS)"
+	rm -f $(COMPAT_VENV)/.installed-*
+	touch $(COMPAT_STAMP)
+
+test-compat: $(COMPAT_STAMP)
+	$(COMPAT_BIN)/python -c 'import transformers; print("transformers", transformers.__version__)'
+	$(COMPAT_BIN)/python -m pytest -q -W error::FutureWarning $(COMPAT_TESTS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(COMPAT_VENV) runs

@@ -142,3 +142,27 @@ def test_band_and_trace_errors(adapter):
         TraceConfig(kinds=("heads",))
     grid = [{"kind": "resid", "layer": i, "group": "image", "effect": float(i == 5 or i == 6)} for i in range(8)]
     assert auto_band(grid, 8, width=2) == (5, 6)
+
+
+def test_replay_reads_the_cache_argument_from_the_layer_signature(adapter):
+    """transformers 5.24 renamed the decoder layers' `past_key_values` to `cache`: replay reads the name."""
+    from vrprobe.tracing.replay import CACHE_KWARGS, cache_kwarg, with_cache
+
+    class Old(torch.nn.Module):
+        def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs): ...
+
+    class New(torch.nn.Module):
+        def forward(self, hidden_states, attention_mask=None, cache=None, use_cache=False, **kwargs): ...
+
+    class Unknown(torch.nn.Module):
+        def forward(self, hidden_states, attention_mask=None): ...
+
+    assert cache_kwarg(Old()) == "past_key_values" and cache_kwarg(New()) == "cache"
+    assert cache_kwarg(adapter.decoder_layers[0]) in CACHE_KWARGS
+    assert with_cache(New(), {"past_key_values": None, "attention_mask": 1}, "C") == {
+        "attention_mask": 1,
+        "cache": "C",
+        "use_cache": True,
+    }
+    with pytest.raises(UsageError, match="takes none of cache, past_key_values"):
+        cache_kwarg(Unknown())

@@ -14,7 +14,9 @@ Every hook is removed in `finally`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -26,6 +28,66 @@ from vrprobe.interventions.hooks import first_output, layer_parts, replace_outpu
 from vrprobe.models.base import Adapter
 from vrprobe.tracing.prefix import KVPrefix
 
+#: every name a decoder layer has taken its key/value cache under: `past_key_values` up to transformers 5.23,
+#: `cache` from 5.24 on (where `past_key_values` is a deprecated alias, ignored when both are passed)
+CACHE_KWARGS = ("cache", "past_key_values")
+
+
+def _parameters(module: torch.nn.Module) -> Mapping[str, inspect.Parameter]:
+    """The parameters of `module.forward` (through transformers' `functools.wraps` decorators), read once per class."""
+    return _class_parameters(type(module))
+
+
+@functools.cache
+def _class_parameters(cls: type) -> Mapping[str, inspect.Parameter]:
+    return dict(inspect.signature(cls.forward).parameters)
+
+
+def cache_kwarg(layer: torch.nn.Module) -> str:
+    """The keyword under which `layer.forward` takes the key/value cache, read from its signature."""
+    params = _parameters(layer)
+    for name in CACHE_KWARGS:
+        if name in params:
+            return name
+    raise UsageError(
+        f"{type(layer).__name__}.forward takes none of {', '.join(CACHE_KWARGS)}: this transformers version calls "
+        "decoder layers in a way vrprobe does not know"
+    )
+
+
+def with_cache(layer: torch.nn.Module, kwargs: dict[str, Any], cache: Any) -> dict[str, Any]:
+    """`kwargs` for a layer call that reads and extends `cache`: the cache under the layer's own name for it, any
+    cache argument under another name dropped."""
+    out = {k: v for k, v in kwargs.items() if k not in CACHE_KWARGS}
+    out[cache_kwarg(layer)] = cache
+    out["use_cache"] = True
+    return out
+
+
+def kv_cache(rows: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]] = ()) -> Any:
+    """A transformers `DynamicCache`: empty, or holding per layer (keys, values) [B, H, P, D] ((None, None): that
+    layer left empty). Filled through `update(keys, values, layer)`, which every 5.x has and which adds the layers it
+    skips empty; `DynamicCache(ddp_cache_data=...)` fails on an empty layer before 5.17 (5.10.4 does)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(rows):
+        if k is not None and v is not None:
+            cache.update(k, v, i)
+    return cache
+
+
+def cached_kv(cache: Any, num_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) [B, H, T, D] a replay left in `cache`; raises when a layer did not fill it (a layer
+    that ignored the cache argument, as 5.24's layers do when passed `past_key_values` beside their own `cache`)."""
+    layers = getattr(cache, "layers", [])
+    if len(layers) != num_layers or any(getattr(layer, "keys", None) is None for layer in layers):
+        raise UsageError(
+            f"the decoder layers filled {len(layers)} of {num_layers} cache layers: this transformers version "
+            "does not take the key/value cache the way vrprobe passes it"
+        )
+    return [(layer.keys, layer.values) for layer in layers]
+
 
 @contextmanager
 def capture_layer_calls(adapter: Adapter) -> Iterator[list[tuple[tuple, dict]]]:
@@ -33,7 +95,17 @@ def capture_layer_calls(adapter: Adapter) -> Iterator[list[tuple[tuple, dict]]]:
     calls: list[tuple[tuple, dict]] = []
 
     def pre(module, args, kwargs):
-        calls.append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        # By name, read from the layer's signature (a version passing an argument positionally still replays); the
+        # cache is left out: `run_layers` passes its own, under the layer's name for it.
+        params = _parameters(module)
+        bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+        named: dict[str, Any] = {}
+        for name, value in list(bound.items())[1:]:  # the first argument is the hidden states
+            if params[name].kind is inspect.Parameter.VAR_KEYWORD:
+                named.update(value)
+            else:
+                named[name] = value
+        calls.append(((), {k: v for k, v in named.items() if k not in CACHE_KWARGS and k != "use_cache"}))
 
     handles = [layer.register_forward_pre_hook(pre, with_kwargs=True) for layer in adapter.decoder_layers]
     try:
@@ -126,7 +198,7 @@ def run_layers(
         for i in range(start, adapter.num_layers):
             args, kwargs = calls[i]
             if cache is not None:
-                kwargs = {**kwargs, "past_key_values": cache, "use_cache": True}
+                kwargs = with_cache(adapter.decoder_layers[i], kwargs, cache)
             if first:
                 kwargs = {**kwargs, **_slice_queries(kwargs, first)}
             if prefix is not None and prefix[i] is not None:

@@ -23,7 +23,15 @@ from typing import Any, NamedTuple
 import torch
 
 from vrprobe.models.base import Adapter
-from vrprobe.tracing.replay import attends, closed_subset, patch_blocks, reachable, run_layers
+from vrprobe.tracing.replay import (
+    attends,
+    cached_kv,
+    closed_subset,
+    kv_cache,
+    patch_blocks,
+    reachable,
+    run_layers,
+)
 
 
 def window_layers(layer: int, window: int, num_layers: int) -> range:
@@ -54,16 +62,15 @@ class KnownRuns:
     @classmethod
     def replay(cls, adapter: Adapter, calls, clean_states, clean_embed: torch.Tensor, corrupted_embed: torch.Tensor):
         """Run the decoder layers once on the clean (row 0) and corrupted (rows 1..N) input embeddings."""
-        from transformers import DynamicCache
-
-        kv = DynamicCache()
-        _, out = run_layers(adapter, torch.cat([clean_embed, corrupted_embed]), 0, calls, keep=True, cache=kv)
+        cache = kv_cache()
+        _, out = run_layers(adapter, torch.cat([clean_embed, corrupted_embed]), 0, calls, keep=True, cache=cache)
+        kv = cached_kv(cache, adapter.num_layers)
         return cls(
             calls=calls,
             clean_states=clean_states,
-            clean_kv=[(layer.keys[:1], layer.values[:1]) for layer in kv.layers],
+            clean_kv=[(k[:1], v[:1]) for k, v in kv],
             corrupted_inputs=[corrupted_embed, *(x[1:] for x in out)],
-            corrupted_kv=[(layer.keys[1:], layer.values[1:]) for layer in kv.layers],
+            corrupted_kv=[(k[1:], v[1:]) for k, v in kv],
         )
 
 
@@ -136,8 +143,6 @@ def restore(
 ) -> torch.Tensor:
     """The answer position's last-layer state [len(jobs)·N, D] of restoration jobs that share a plan (`plan_positions`),
     run as one batch of N rows per job from the jobs' earliest start layer."""
-    from transformers import DynamicCache
-
     first, clean_prefix = plan
     n, L, reps = runs.corrupted_inputs[0].shape[0], adapter.num_layers, len(jobs)
     start0 = min(job.start for job in jobs)
@@ -179,7 +184,7 @@ def restore(
     cache = None
     if prefix is not None and not adapter.records_attention:  # another attention function: a cache row per batch row
         rows = [(None, None) if kv is None else tuple(x.repeat(reps, 1, 1, 1) for x in kv) for kv in prefix]
-        cache, prefix = DynamicCache(ddp_cache_data=rows), None
+        cache, prefix = kv_cache(rows), None
     with patch_blocks(adapter, patches):
         last, _ = run_layers(adapter, hidden, start0, runs.calls, cache=cache, prefix=prefix, first=first, enter=enter)
     return last
