@@ -73,7 +73,7 @@ def score_batch(
     record = [attn_site] if adapter.records_attention else []
     with intervene(adapter, batch.groups, edits=edits, record=record, seed=seed) as rec:
         if all(closed):
-            last_logits = adapter.forward(batch, use_cache=False).logits[:, -1]
+            last_logits = adapter.forward(batch, use_cache=False, logits_to_keep=1).logits[:, -1]
             finite_logits(last_logits, ids, model=adapter.name)
         else:
             generated = adapter.generate(batch, max_new_tokens)

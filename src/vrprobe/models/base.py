@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+from vrprobe.errors import UsageError
+
 # Per-token model inputs that are padded on the left; every other processor output is per image and concatenated.
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 DROP_KEYS = ("labels",)
@@ -123,13 +125,21 @@ class Adapter:
 
     @classmethod
     def load(
-        cls, path: Path, *, attn_implementation: str = "vrprobe", dtype: torch.dtype | None = None, name: str = ""
+        cls,
+        path: Path,
+        *,
+        attn_implementation: str = "vrprobe",
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+        device_map: str | None = None,
+        name: str = "",
     ) -> Adapter:
-        """Load a local model directory through the Auto classes, as any Hugging Face checkpoint is loaded.
+        """Load a local model directory through the Auto classes, as any Hugging Face checkpoint is loaded, in `dtype`
+        (default float32) on `device` (default CPU), or placed by accelerate with `device_map="auto"`.
 
         `attn_implementation` applies to the language model: a name registered with transformers' `AttentionInterface`
-        ("vrprobe", registered by `vrprobe.registry.load_adapter`: eager attention that interventions can edit and
-        record) or "eager". The vision tower always uses eager.
+        ("vrprobe", registered by `vrprobe.registry.load_adapter`: attention that interventions can edit and record)
+        or "eager". The vision tower always uses eager.
         """
         from transformers import AutoModelForImageTextToText
 
@@ -137,9 +147,17 @@ class Adapter:
             str(path),
             attn_implementation={"text_config": attn_implementation, "vision_config": "eager"},
             dtype=dtype or torch.float32,
+            **({"device_map": device_map} if device_map else {}),
         )
+        if not device_map:
+            model.to(device or torch.device("cpu"))
         model.eval()
         return cls(model, cls.load_processor(path), name=name or str(path))
+
+    def set_pixel_limits(self, min_pixels: int | None, max_pixels: int | None) -> None:
+        """Bound the number of pixels an image is resized to (families with native-resolution image processing)."""
+        if min_pixels is not None or max_pixels is not None:
+            raise UsageError(f"--min-pixels / --max-pixels apply to Qwen2-VL only, not to {self.family}")
 
     # ---- facts read from the model -------------------------------------------------------------------------
     @property
@@ -263,9 +281,15 @@ class Adapter:
         groups = TokenGroups(image=image, question=question, last=last, valid=valid, pad=pad)
         return Batch(inputs=inputs, groups=groups, items=list(items))
 
+    def question_text(self, sample: Any) -> str:
+        """What a dataset sample puts into the family's prompt: by default `sample.text` (the question, then the
+        benchmark's instruction on its own line, as lmms-eval asks chat models). A family with its own task format
+        overrides this."""
+        return sample.text
+
     def encode_samples(self, samples: Sequence[Any]) -> Batch:
-        """Encode dataset samples: each one's image and its `text` (question plus the benchmark's instruction)."""
-        return self.encode([s.load_image() for s in samples], [s.text for s in samples])
+        """Encode dataset samples: each one's image and its `question_text`."""
+        return self.encode([s.load_image() for s in samples], [self.question_text(s) for s in samples])
 
     def encode(self, images: Sequence[Image.Image], questions: Sequence[str]) -> Batch:
         return self.collate([self.encode_one(im, q) for im, q in zip(images, questions, strict=True)])
@@ -346,18 +370,18 @@ class Adapter:
         if all(len(ids) == 1 for row in cand_ids for ids in row):
             if last_logits is None:
                 with wrap(batch.groups):
-                    last_logits = self.forward(batch, use_cache=False).logits[:, -1]
+                    last_logits = self.forward(batch, use_cache=False, logits_to_keep=1).logits[:, -1]
             logp = last_logits.float().log_softmax(-1)
             return [logp[i, [ids[0] for ids in row]] for i, row in enumerate(cand_ids)]
         out = []
         for item, row in zip(batch.items, cand_ids, strict=True):
             sub = self.collate([self.extend(item, ids) for ids in row])
+            keep = 1 + max(len(ids) for ids in row)  # logits of the positions that predict answer tokens only
             with wrap(sub.groups):
-                logp = self.forward(sub, use_cache=False).logits.float().log_softmax(-1)
-            width = logp.shape[1]
+                logp = self.forward(sub, use_cache=False, logits_to_keep=keep).logits.float().log_softmax(-1)
             scores = []
             for c, ids in enumerate(row):
-                pos = torch.arange(width - 1 - len(ids), width - 1)
+                pos = torch.arange(keep - 1 - len(ids), keep - 1)
                 scores.append(logp[c, pos, torch.tensor(ids)].sum())
             out.append(torch.stack(scores))
         return out

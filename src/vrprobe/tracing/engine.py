@@ -194,7 +194,7 @@ class Tracer:
         sites = {kind: Site(kind, tuple(range(a.num_layers)), "all") for kind in ("resid", "attn", "mlp")}
         embed = Site("embed")
         with intervene(a, batch.groups, record=[*sites.values(), embed]) as rec, capture_layer_calls(a) as calls:
-            logits = a.forward(batch, use_cache=False).logits[0, -1].float()
+            logits = a.forward(batch, use_cache=False, logits_to_keep=1).logits[0, -1].float()
         states = {(kind, i): x for kind, site in sites.items() for i, x in enumerate(rec.stacked(site))}
         return {"embed": rec[embed], "states": states, "calls": calls, "logits": logits}
 
@@ -208,7 +208,7 @@ def site_std(adapter: Adapter, samples: Sequence[Sample], site: Site, batch_size
     for i in range(0, len(samples), batch_size):
         batch = adapter.encode_samples(samples[i : i + batch_size])
         with intervene(adapter, batch.groups, record=[site]) as rec:
-            adapter.forward(batch, use_cache=False)
+            adapter.forward(batch, use_cache=False, logits_to_keep=1)
         states, mask = rec.stacked(site), site.mask(batch.groups)
         for j, layer in enumerate(layers):
             values[layer].append(states[j][mask].float().flatten())
