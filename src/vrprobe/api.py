@@ -6,23 +6,24 @@ its `report.html`, and returns a typed result. `progress(stage, done, total)` is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vrprobe import checks
+from vrprobe import checks, devices
 from vrprobe.band import AUTO_GROUPS, BandResult, auto_band, check_band_options, corrupt_band, parse_band
 from vrprobe.band import DEFINITIONS as BAND_DEFINITIONS
+from vrprobe.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.data import load_dataset, stratified_subset
+from vrprobe.devices import Placement
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import DEFINITIONS as EVAL_DEFINITIONS
 from vrprobe.evaluate import score_batch, summarize
 from vrprobe.models import Adapter
-from vrprobe.progress import Progress, Ticker
-from vrprobe.registry import load_adapter
+from vrprobe.progress import Progress
 from vrprobe.runs import RunDir
 from vrprobe.study import StudyConfig, StudyResult, run_study
 from vrprobe.tracing import DEFINITIONS as TRACE_DEFINITIONS
@@ -58,13 +59,7 @@ class CorruptResult:
 
 
 def _model_facts(spec: str, adapter: Adapter) -> dict[str, Any]:
-    return {"spec": spec, "family": adapter.family, "params": adapter.num_params}
-
-
-def _batches(samples: Sequence[Any], size: int, done: set, key: Callable[[Any], Any]):
-    for start in range(0, len(samples), size):
-        chunk = samples[start : start + size]
-        yield start, chunk, all(key(s) in done for s in chunk)
+    return {"spec": spec, "family": adapter.family, "params": adapter.num_params, **devices.facts(adapter)}
 
 
 def _finish(run: RunDir | None, summary: dict[str, Any], make_report: bool) -> None:
@@ -81,16 +76,23 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     *,
     out: Path | str | None = None,
     limit: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     seed: int = 0,
     image_ablation: str | None = None,
     max_new_tokens: int = 10,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
 ) -> EvalResult:
     """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.evaluate`)."""
-    checks.options(limit=limit, batch_size=batch_size, seed=seed, max_new_tokens=max_new_tokens)
+    checks.options(limit=limit, seed=seed, max_new_tokens=max_new_tokens)
+    batch_size = batch_size_option(batch_size)
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
     config = {
         "command": "eval",
         "model": model,
@@ -99,20 +101,22 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
         "seed": seed,
         "image_ablation": image_ablation,
         "max_new_tokens": max_new_tokens,
+        **asdict(placement),
     }
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed, image_ablation=image_ablation)
-    adapter = load_adapter(model)
+    adapter = placement.load(model)
     torch.manual_seed(seed)
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
     records: list[dict[str, Any]] = []
-    tick = Ticker(progress, f"eval {model}", len(dataset))
-    for start, chunk, skip in _batches(dataset.samples, batch_size, done, lambda s: s.id):
-        if not skip:
-            scored = score_batch(adapter, chunk, max_new_tokens=max_new_tokens)
-            rows = [{**r, "index": start + j} for j, r in enumerate(scored)]
-            run.append(rows) if run else records.extend(rows)
-        tick(len(chunk))
+
+    def work(indices: list[int], chunk: list[Any]) -> None:
+        scored = score_batch(adapter, chunk, max_new_tokens=max_new_tokens)
+        rows = [{**r, "index": i} for i, r in zip(indices, scored, strict=True)]
+        run.append(rows) if run else records.extend(rows)
+
+    size = choose_batch_size(adapter, dataset.samples, batch_size)
+    used = run_batches(dataset.samples, size, work, done=done, progress=progress, stage=f"eval {model}")
     records = sorted(run.read() if run else records, key=lambda r: r["index"])
     summary = {
         **summarize(records),
@@ -121,6 +125,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
         "limit": limit,
         "seed": seed,
         "image_ablation": image_ablation,
+        "batch_size": {"requested": batch_size, "chosen": size, "used": used},
         "definitions": EVAL_DEFINITIONS,
     }
     _finish(run, summary, make_report)
@@ -138,6 +143,11 @@ def trace(
     noise: float = 3.0,
     window: int = 3,
     seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
@@ -146,10 +156,11 @@ def trace(
     checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
     kinds = kinds.split(",") if isinstance(kinds, str) else kinds  # trace(kinds="resid,mlp") as on the CLI
     cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
-    config = {"command": "trace", "model": model, "data": data, "limit": limit, **asdict(cfg)}
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    config = {"command": "trace", "model": model, "data": data, "limit": limit, **asdict(cfg), **asdict(placement)}
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = load_adapter(model)
+    adapter = placement.load(model)
     done = {r[0] for r in run.done(("sample_id",), "traces")} if run else set()
     rows: list[dict[str, Any]] = []
 
@@ -187,16 +198,23 @@ def corrupt(
     positions: str = "image",
     limit: int | None = None,
     trace_limit: int = 20,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
 ) -> CorruptResult:
     """Band corruption: accuracy and sharpness with noise on a band of layers (see `vrprobe.band`)."""
-    checks.options(noise=noise, limit=limit, trace_limit=trace_limit, batch_size=batch_size, seed=seed)
+    checks.options(noise=noise, limit=limit, trace_limit=trace_limit, seed=seed)
+    batch_size = batch_size_option(batch_size)
     checks.band_spec(band)
     check_band_options(target, positions)
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
     config = {
         "command": "corrupt",
         "model": model,
@@ -208,10 +226,11 @@ def corrupt(
         "limit": limit,
         "trace_limit": trace_limit,
         "seed": seed,
+        **asdict(placement),
     }
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = load_adapter(model)
+    adapter = placement.load(model)
     if band == "auto":
         subset = stratified_subset(dataset.samples, trace_limit, seed)
         traced = trace_dataset(adapter, subset, TraceConfig(kinds=("resid",), seed=seed))
@@ -221,18 +240,18 @@ def corrupt(
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
     records: list[dict[str, Any]] = []
 
-    def keep(start: int, clean: list[dict[str, Any]], corrupted: list[dict[str, Any]]) -> None:
+    def keep(indices: list[int], clean: list[dict[str, Any]], corrupted: list[dict[str, Any]]) -> None:
         rows = [
             {
                 **c,
-                "index": start + j,
+                "index": i,
                 "band_correct": b["correct"],
                 "band_accuracy": b["accuracy"],
                 "band_predicted": b["predicted"],
                 "band_confidence": b["confidence"],
                 "band_sharpness": b["sharpness"],
             }
-            for j, (c, b) in enumerate(zip(clean, corrupted, strict=True))
+            for i, c, b in zip(indices, clean, corrupted, strict=True)
         ]
         run.append(rows) if run else records.extend(rows)
 
@@ -244,7 +263,7 @@ def corrupt(
         positions=positions,
         noise=noise,
         seed=seed,
-        batch_size=batch_size,
+        batch_size=choose_batch_size(adapter, dataset.samples, batch_size),
         progress=progress,
         stage=f"corrupt {model} layers {layers[0]}-{layers[1]}",
         done=done,
@@ -283,22 +302,22 @@ def study(
     trace_limit: int = 100,
     band_positions: str = "all",
     noise: float = 3.0,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     seed: int = 0,
     max_new_tokens: int = 10,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
 ) -> StudyResult:
     """All four modules over models × datasets (see `vrprobe.study`)."""
-    checks.options(
-        limit=limit,
-        trace_limit=trace_limit,
-        noise=noise,
-        batch_size=batch_size,
-        seed=seed,
-        max_new_tokens=max_new_tokens,
-    )
+    checks.options(limit=limit, trace_limit=trace_limit, noise=noise, seed=seed, max_new_tokens=max_new_tokens)
+    batch_size = batch_size_option(batch_size)
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
     for spec in checks.spec_list("--models", models):  # a typo in the last model fails now, not after the first
         checks.model_spec(spec)
     checks.spec_list("--data", data)
@@ -316,6 +335,7 @@ def study(
         band_positions=band_positions,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
+        placement=placement,
     )
     if not cfg.models or not cfg.data:
         raise UsageError("--models and --data each need at least one spec")

@@ -19,12 +19,13 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vrprobe.batching import run_batches
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import score_batch
 from vrprobe.interventions import Edit, GaussianNoise, LogitNoise, Site
 from vrprobe.models import Adapter
-from vrprobe.progress import Progress, Ticker
+from vrprobe.progress import Progress
 from vrprobe.seeding import derive_seed
 from vrprobe.tracing import site_std
 
@@ -136,12 +137,12 @@ def corrupt_band(
     progress: Progress | None = None,
     stage: str = "corrupt",
     done: Collection[str] = (),
-    on_batch: Callable[[int, list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
+    on_batch: Callable[[list[int], list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
 ) -> BandResult:
     """Run band corruption over `samples`: per batch, the clean records and the records under the band's edits
-    (σ_l measured on `calibration`, default the samples). Batches whose sample ids are all in `done` are skipped (a
-    resumed run); `on_batch(start, clean, corrupted)` is called as each batch finishes (the run directory appends it).
-    The result holds the batches run in this call."""
+    (σ_l measured on `calibration`, default the samples). Samples whose ids are in `done` are skipped (a resumed run);
+    `on_batch(indices, clean, corrupted)` is called as each batch finishes (the run directory appends it); a batch
+    that runs out of memory is halved and retried (`run_batches`). The result holds the batches run in this call."""
     if not adapter.records_attention:
         raise UsageError("band corruption needs the model loaded with vrprobe's attention function")
     check_band_options(target, positions)
@@ -150,17 +151,17 @@ def corrupt_band(
     edits = band_edits(band, target, positions, noise, sigmas)
     clean: list[dict[str, Any]] = []
     corrupted: list[dict[str, Any]] = []
-    tick = Ticker(progress, stage, len(samples))
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        if not all(s.id in done for s in chunk):
-            batch = adapter.encode_samples(chunk)
-            c = score_batch(adapter, chunk, batch, max_new_tokens=max_new_tokens)
-            x = corrupt_batch(adapter, chunk, edits, seed, start, batch, max_new_tokens)
-            clean, corrupted = clean + c, corrupted + x
-            if on_batch:
-                on_batch(start, c, x)
-        tick(len(chunk))
+
+    def work(indices: list[int], chunk: list[Sample]) -> None:
+        nonlocal clean, corrupted
+        batch = adapter.encode_samples(chunk)
+        c = score_batch(adapter, chunk, batch, max_new_tokens=max_new_tokens)
+        x = corrupt_batch(adapter, chunk, edits, seed, indices[0], batch, max_new_tokens)
+        clean, corrupted = clean + c, corrupted + x
+        if on_batch:
+            on_batch(indices, c, x)
+
+    run_batches(samples, batch_size, work, done=done, progress=progress, stage=stage)
     return BandResult(
         band=band, target=target, positions=positions, noise=noise, sigmas=sigmas, clean=clean, corrupted=corrupted
     )
@@ -175,8 +176,8 @@ def corrupt_batch(
     batch: Any = None,
     max_new_tokens: int = 10,
 ) -> list[dict[str, Any]]:
-    """Score one batch under the band edits; the noise seed is `derive_seed(seed, the batch's first index)`, so a
-    resumed run draws the same noise."""
+    """Score one batch under the band edits; the noise seed is `derive_seed(seed, the batch's first sample index)`,
+    so a resumed run with the same batch size draws the same noise."""
     return score_batch(adapter, chunk, batch, edits=edits, seed=derive_seed(seed, start), max_new_tokens=max_new_tokens)
 
 

@@ -37,7 +37,26 @@ Out = Annotated[Path, typer.Option(help="Run directory; re-running the same comm
 Limit = Annotated[int | None, typer.Option(help="A deterministic, type-stratified subset of N samples.")]
 Seed = Annotated[int, typer.Option(help="Seed for subsets, noise and bootstrap.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace --out even if it holds another configuration.")]
-BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.")]
+BatchSize = Annotated[
+    str, typer.Option(help="Samples per forward pass, or 'auto': the largest that fits the free memory, halved on OOM.")
+]
+Device = Annotated[str, typer.Option(help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps.")]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        help="auto (bfloat16 on a GPU that has it, float16 on other GPUs, float32 on CPU), float32, "
+        "bfloat16 or float16."
+    ),
+]
+DeviceMap = Annotated[
+    str | None, typer.Option(help="'auto': accelerate spreads a model too large for one device over GPUs and CPU RAM.")
+]
+MinPixels = Annotated[
+    int | None, typer.Option(help="Qwen2-VL: fewest pixels an image is resized to (default: the checkpoint's).")
+]
+MaxPixels = Annotated[
+    int | None, typer.Option(help="Qwen2-VL: most pixels an image is resized to (default: the checkpoint's).")
+]
 MaxNewTokens = Annotated[int, typer.Option(help="Greedy answer length limit for open-ended datasets (VQA v2, OK-VQA).")]
 
 
@@ -95,10 +114,15 @@ def eval_cmd(
     data: Data,
     out: Out,
     limit: Limit = None,
-    batch_size: BatchSize = 32,
+    batch_size: BatchSize = "32",
     seed: Seed = 0,
     image_ablation: Annotated[str | None, typer.Option(help="Replace every image: 'blank'.")] = None,
     max_new_tokens: MaxNewTokens = 10,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    device_map: DeviceMap = None,
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Score a model: prediction, confidence, correctness and attention sharpness per sample, accuracy by type.
@@ -117,6 +141,11 @@ def eval_cmd(
             seed=seed,
             image_ablation=image_ablation,
             max_new_tokens=max_new_tokens,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
             overwrite=overwrite,
             progress=bars,
         )
@@ -137,6 +166,11 @@ def trace_cmd(
     noise: Annotated[float, typer.Option(help="Noise k, in units of σ (image-token embedding std).")] = 3.0,
     window: Annotated[int, typer.Option(help="Layers restored together for mlp/attn (ROME's window).")] = 3,
     seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    device_map: DeviceMap = None,
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Causal tracing: clean, corrupted (noise on image-token embeddings) and restored runs per sample.
@@ -157,6 +191,11 @@ def trace_cmd(
             noise=noise,
             window=window,
             seed=seed,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
             overwrite=overwrite,
             progress=bars,
         )
@@ -180,8 +219,13 @@ def corrupt_cmd(
     positions: Annotated[str, typer.Option(help="Token positions corrupted: image or all.")] = "image",
     limit: Limit = None,
     trace_limit: Annotated[int, typer.Option(help="Samples traced to find the band with --band auto.")] = 20,
-    batch_size: BatchSize = 32,
+    batch_size: BatchSize = "32",
     seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    device_map: DeviceMap = None,
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Band corruption: noise on a band of layers; accuracy and attention sharpness, clean vs corrupted.
@@ -203,6 +247,11 @@ def corrupt_cmd(
             trace_limit=trace_limit,
             batch_size=batch_size,
             seed=seed,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
             overwrite=overwrite,
             progress=bars,
         )
@@ -224,9 +273,14 @@ def study_cmd(
     trace_limit: Annotated[int, typer.Option(help="Samples traced per model to find the causal band.")] = 100,
     band_positions: Annotated[str, typer.Option(help="Positions corrupted in the band: all or image.")] = "all",
     noise: Annotated[float, typer.Option(help="Noise k for tracing and band corruption.")] = 3.0,
-    batch_size: BatchSize = 32,
+    batch_size: BatchSize = "32",
     seed: Seed = 0,
     max_new_tokens: MaxNewTokens = 10,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    device_map: DeviceMap = None,
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
     overwrite: Overwrite = False,
 ) -> None:
     """All four modules over models × datasets; prints the table and writes the report.
@@ -248,6 +302,11 @@ def study_cmd(
             batch_size=batch_size,
             seed=seed,
             max_new_tokens=max_new_tokens,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
             overwrite=overwrite,
             progress=bars,
         )

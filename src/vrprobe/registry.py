@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from vrprobe import checks
+from vrprobe.devices import check_device_map, resolve_device, resolve_dtype
 from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.interventions.attention import NAME as ATTENTION_NAME
 from vrprobe.interventions.attention import register
@@ -83,8 +85,26 @@ def family_of(path: Path) -> type[Adapter]:
     raise VrprobeError(f"{path}: model_type '{model_type}' is not supported (supported: {known})")
 
 
-def load_adapter(spec: str, *, attn_implementation: str = "vrprobe", dtype: torch.dtype | None = None) -> Adapter:
-    """Resolve a spec, check the directory has processor and tokenizer files, and load it with its family adapter."""
+def load_adapter(
+    spec: str,
+    *,
+    attn_implementation: str = "vrprobe",
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> Adapter:
+    """Resolve a spec, check the directory has processor and tokenizer files, and load it with its family adapter on
+    `device` in `dtype` (`vrprobe.devices`: auto = cuda, else mps, else cpu; bfloat16 on a GPU that supports it,
+    float16 on other GPUs, float32 on the CPU), or across devices with `device_map="auto"`; `min_pixels` /
+    `max_pixels` bound Qwen2-VL's image resizing."""
+    where = resolve_device(device)
+    precision = resolve_dtype(dtype, where)
+    device_map = check_device_map(device_map)
+    for name, value in (("--min-pixels", min_pixels), ("--max-pixels", max_pixels)):
+        if value is not None:
+            checks.positive_int(name, value)
     path = resolve(spec)
     cls = family_of(path)
     if not any((path / f).is_file() for f in PROCESSOR_FILES):
@@ -94,7 +114,14 @@ def load_adapter(spec: str, *, attn_implementation: str = "vrprobe", dtype: torc
     if attn_implementation == ATTENTION_NAME:
         register()
     try:
-        return cls.load(path, attn_implementation=attn_implementation, dtype=dtype, name=spec)
+        adapter = cls.load(
+            path,
+            attn_implementation=attn_implementation,
+            dtype=precision,
+            device=where,
+            device_map=device_map,
+            name=spec,
+        )
     except VrprobeError:
         raise
     except Exception as exc:  # transformers, safetensors and tokenizers raise many types for damaged files
@@ -103,3 +130,5 @@ def load_adapter(spec: str, *, attn_implementation: str = "vrprobe", dtype: torc
             first = "the weights' shapes do not match config.json"
         what = first if isinstance(exc, OSError) and first else f"{type(exc).__name__}: {first}".rstrip(": ")
         raise VrprobeError(f"cannot load model from {path}: {what}") from exc
+    adapter.set_pixel_limits(min_pixels, max_pixels)
+    return adapter

@@ -11,20 +11,22 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from vrprobe.band import AUTO_GROUPS, auto_band, band_edits, corrupt_batch, layer_sigmas
+from vrprobe.batching import choose_batch_size, run_batches
 from vrprobe.data import Dataset, load_dataset, stratified_subset
+from vrprobe.devices import Placement
+from vrprobe.devices import facts as device_facts
 from vrprobe.evaluate import score_batch
 from vrprobe.metrics.calibration import calibration_summary
 from vrprobe.metrics.stats import correlation
 from vrprobe.models import Adapter
-from vrprobe.progress import Progress, Ticker
-from vrprobe.registry import load_adapter
+from vrprobe.progress import Progress
 from vrprobe.runs import RunDir
 from vrprobe.tracing import TraceConfig, trace_dataset
 
@@ -73,9 +75,10 @@ class StudyConfig:
     noise: float = 3.0
     band_positions: str = "all"
     band_width: int | None = None
-    batch_size: int = 32
+    batch_size: int | str = 32
     n_boot: int = 2000
     max_new_tokens: int = 10
+    placement: Placement = field(default_factory=Placement)
 
 
 @dataclass
@@ -168,17 +171,24 @@ def find_band(
 
 
 def study_batch(
-    adapter: Adapter, spec: str, dataset: Dataset, start: int, chunk: Sequence[Any], edits: list, cfg: StudyConfig
+    adapter: Adapter,
+    spec: str,
+    dataset: Dataset,
+    indices: Sequence[int],
+    chunk: Sequence[Any],
+    edits: list,
+    cfg: StudyConfig,
 ) -> list[dict[str, Any]]:
-    """Records of one batch: the clean answer with sharpness, and the answer under band corruption."""
+    """Records of one batch (`indices`: the samples' positions in the dataset): the clean answer with sharpness, and
+    the answer under band corruption."""
     batch = adapter.encode_samples(chunk)
     clean = score_batch(adapter, chunk, batch, max_new_tokens=cfg.max_new_tokens)
-    banded = corrupt_batch(adapter, chunk, edits, cfg.seed, start, batch, max_new_tokens=cfg.max_new_tokens)
+    banded = corrupt_batch(adapter, chunk, edits, cfg.seed, indices[0], batch, max_new_tokens=cfg.max_new_tokens)
     return [
         {
             "model": spec,
             "data": dataset.spec,
-            "index": start + j,
+            "index": index,
             "sample_id": r["sample_id"],
             "question_type": r["question_type"],
             "predicted": r["predicted"],
@@ -193,7 +203,7 @@ def study_batch(
             "band_sharpness": b["sharpness"],
             "n_image_tokens": int(batch.groups.image[j].sum()),
         }
-        for j, (r, b) in enumerate(zip(clean, banded, strict=True))
+        for j, (index, r, b) in enumerate(zip(indices, clean, banded, strict=True))
     ]
 
 
@@ -245,8 +255,8 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
     facts: dict[str, dict[str, Any]] = {}
     for spec in cfg.models:
         torch.manual_seed(cfg.seed)
-        adapter = load_adapter(spec)
-        facts[spec] = {"family": adapter.family, "params": adapter.num_params}
+        adapter = cfg.placement.load(spec)
+        facts[spec] = {"family": adapter.family, "params": adapter.num_params, **device_facts(adapter)}
         if spec not in bands:
             bands[spec] = find_band(adapter, spec, datasets[0], cfg, progress)
             if run:
@@ -254,20 +264,17 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
         band = bands[spec]
         sigmas = {int(k): v for k, v in json.loads(band["sigmas"]).items()}
         edits = band_edits((band["band_a"], band["band_b"]), "hidden", cfg.band_positions, cfg.noise, sigmas)
+        size = choose_batch_size(adapter, datasets[0].samples, cfg.batch_size, extra_tokens=cfg.max_new_tokens)
         for dataset in datasets:
-            tick = Ticker(progress, f"{spec} · {dataset.spec}", len(dataset))
-            samples = dataset.samples
-            for start in range(0, len(samples), cfg.batch_size):
-                chunk = samples[start : start + cfg.batch_size]
-                if all((spec, dataset.spec, s.id) in done for s in chunk):
-                    tick(len(chunk))
-                    continue
-                rows = study_batch(adapter, spec, dataset, start, chunk, edits, cfg)
-                if run:
-                    run.append(rows)
-                else:
-                    records += rows
-                tick(len(chunk))
+
+            def work(indices: list[int], chunk: list[Any], dataset: Dataset = dataset, a=adapter, m=spec, e=edits):
+                rows = study_batch(a, m, dataset, indices, chunk, e, cfg)
+                run.append(rows) if run else records.extend(rows)
+
+            finished = {i for m, d, i in done if (m, d) == (spec, dataset.spec)}
+            size = run_batches(
+                dataset.samples, size, work, done=finished, progress=progress, stage=f"{spec} · {dataset.spec}"
+            )
     if run:
         records = run.read()
     order = {(m, d): (i, j) for i, m in enumerate(cfg.models) for j, d in enumerate(cfg.data)}

@@ -10,6 +10,7 @@ from typing import Any
 from transformers import ProcessorMixin, Qwen2VLProcessor
 from transformers.utils import is_torchvision_available
 
+from vrprobe.errors import UsageError
 from vrprobe.models.base import Adapter
 
 
@@ -36,6 +37,19 @@ class Qwen2VLAdapter(Adapter):
         if is_torchvision_available():
             return super().load_processor(path)
         return Qwen2VLImageOnlyProcessor.from_pretrained(str(path))
+
+    def set_pixel_limits(self, min_pixels: int | None, max_pixels: int | None) -> None:
+        """`--min-pixels` / `--max-pixels`: the image processor's resize bounds (its `size` shortest_edge /
+        longest_edge, in pixels); unset, the checkpoint's own processor settings stay."""
+        proc = self.processor.image_processor
+        size = dict(proc.size)
+        low = size.get("shortest_edge") if min_pixels is None else min_pixels
+        high = size.get("longest_edge") if max_pixels is None else max_pixels
+        if low is not None and high is not None and low > high:
+            raise UsageError(f"--min-pixels {low} is above --max-pixels {high}")
+        size.update({"shortest_edge": low, "longest_edge": high})
+        proc.size = size
+        self._empty_cache.clear()
 
     def prompt(self, question: str) -> str:
         return (
