@@ -104,6 +104,17 @@ def root(
     STATE["quiet"] = quiet
 
 
+def _placement(device: str, dtype: str, device_map: str | None, min_pixels: int | None, max_pixels: int | None):
+    """The load options every model command passes on to the API unchanged."""
+    return {
+        "device": device,
+        "dtype": dtype,
+        "device_map": device_map,
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+    }
+
+
 def _done(out: Path) -> None:
     typer.echo(f"report: {(out / 'report.html').resolve()}")
 
@@ -141,11 +152,7 @@ def eval_cmd(
             seed=seed,
             image_ablation=image_ablation,
             max_new_tokens=max_new_tokens,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
+            **_placement(device, dtype, device_map, min_pixels, max_pixels),
             overwrite=overwrite,
             progress=bars,
         )
@@ -191,11 +198,7 @@ def trace_cmd(
             noise=noise,
             window=window,
             seed=seed,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
+            **_placement(device, dtype, device_map, min_pixels, max_pixels),
             overwrite=overwrite,
             progress=bars,
         )
@@ -247,11 +250,7 @@ def corrupt_cmd(
             trace_limit=trace_limit,
             batch_size=batch_size,
             seed=seed,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
+            **_placement(device, dtype, device_map, min_pixels, max_pixels),
             overwrite=overwrite,
             progress=bars,
         )
@@ -302,11 +301,7 @@ def study_cmd(
             batch_size=batch_size,
             seed=seed,
             max_new_tokens=max_new_tokens,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
+            **_placement(device, dtype, device_map, min_pixels, max_pixels),
             overwrite=overwrite,
             progress=bars,
         )
