@@ -91,3 +91,12 @@ def test_qwen2vl_pixel_limits_change_the_image_tokens():
         load_adapter("zoo:llava", max_pixels=1024)
     with pytest.raises(UsageError, match="--min-pixels 5000 is above --max-pixels 1024"):
         load_adapter("zoo:qwen2vl", min_pixels=5000, max_pixels=1024)
+
+
+def test_device_map_auto_loads_and_scores():
+    """accelerate's placement: on a machine without a GPU everything lands on the CPU and scores as usual."""
+    placed = load_adapter("zoo:llava", device_map="auto")
+    samples = load_dataset("easy-vqa:test", limit=4).samples
+    plain = score_batch(load_adapter("zoo:llava"), samples)
+    for a, b in zip(score_batch(placed, samples), plain, strict=True):
+        assert a["predicted"] == b["predicted"] and a["confidence"] == pytest.approx(b["confidence"], abs=1e-6)
