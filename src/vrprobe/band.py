@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vrprobe import checks
 from vrprobe.batching import run_batches
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
@@ -83,11 +84,10 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def parse_band(text: str, num_layers: int) -> tuple[int, int]:
-    """'A-B' → (A, B), inclusive, checked against the model's layers."""
-    try:
-        a, b = (int(x) for x in text.split("-"))
-    except ValueError:
-        raise UsageError(f"--band must be A-B (e.g. 2-4) or auto, got '{text}'") from None
+    """'A-B' → (A, B), inclusive: the format by `checks.band_spec`, the range against the model's layers."""
+    if checks.band_spec(text) == "auto":
+        raise UsageError("--band auto names no layers until a trace has chosen them")
+    a, b = (int(x) for x in text.split("-"))
     if not 0 <= a <= b < num_layers:
         raise UsageError(f"band {a}-{b} is out of range: the model has layers 0..{num_layers - 1}")
     return a, b

@@ -96,20 +96,26 @@ class Placement:
     `--max-pixels`), as the user gave them; written into the run's manifest. The resolved device and dtype go into
     the summary (`facts`)."""
 
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str | torch.device = "auto"
+    dtype: str | torch.dtype = "auto"
     device_map: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
 
-    def check(self) -> Placement:
-        """One clear error for a malformed or unavailable value, before anything is loaded."""
+    def resolve(self) -> tuple[torch.device, torch.dtype, str | None]:
+        """(device, dtype, device_map) these options name on this machine; one clear error for a malformed or
+        unavailable value (pixel bounds included), before anything is loaded."""
         where = resolve_device(self.device)
-        resolve_dtype(self.dtype, where)
-        check_device_map(self.device_map)
+        precision = resolve_dtype(self.dtype, where)
+        device_map = check_device_map(self.device_map)
         for name, value in (("--min-pixels", self.min_pixels), ("--max-pixels", self.max_pixels)):
             if value is not None:
                 checks.positive_int(name, value)
+        return where, precision, device_map
+
+    def check(self) -> Placement:
+        """`resolve` for its errors only; returns these options."""
+        self.resolve()
         return self
 
     def load(self, spec: str) -> Any:

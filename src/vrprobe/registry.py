@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vrprobe import checks
-from vrprobe.devices import check_device_map, resolve_device, resolve_dtype
+from vrprobe.devices import Placement
 from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.interventions.attention import NAME as ATTENTION_NAME
 from vrprobe.interventions.attention import register
@@ -99,12 +98,7 @@ def load_adapter(
     `device` in `dtype` (`vrprobe.devices`: auto = cuda, else mps, else cpu; bfloat16 on a GPU that supports it,
     float16 on other GPUs, float32 on the CPU), or across devices with `device_map="auto"`; `min_pixels` /
     `max_pixels` bound Qwen2-VL's image resizing."""
-    where = resolve_device(device)
-    precision = resolve_dtype(dtype, where)
-    device_map = check_device_map(device_map)
-    for name, value in (("--min-pixels", min_pixels), ("--max-pixels", max_pixels)):
-        if value is not None:
-            checks.positive_int(name, value)
+    where, precision, device_map = Placement(device, dtype, device_map, min_pixels, max_pixels).resolve()
     path = resolve(spec)
     cls = family_of(path)
     if not any((path / f).is_file() for f in PROCESSOR_FILES):
