@@ -153,11 +153,11 @@ def corrupt_band(
     corrupted: list[dict[str, Any]] = []
 
     def work(indices: list[int], chunk: list[Sample]) -> None:
-        nonlocal clean, corrupted
         batch = adapter.encode_samples(chunk)
         c = score_batch(adapter, chunk, batch, max_new_tokens=max_new_tokens)
         x = corrupt_batch(adapter, chunk, edits, seed, indices[0], batch, max_new_tokens)
-        clean, corrupted = clean + c, corrupted + x
+        clean.extend(c)
+        corrupted.extend(x)
         if on_batch:
             on_batch(indices, c, x)
 
