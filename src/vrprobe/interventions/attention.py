@@ -11,7 +11,8 @@ State reaches it as keyword arguments, which transformers' decoder layers and at
 - `vrprobe_hook` (`AttentionHook`): edits of the scores before softmax and of the probabilities after it, and
   recording; added to the attention module's call by `intervene` (a forward pre-hook inside its `with` block).
 - `vrprobe_prefix` (`SharedPrefix`): keys and values of earlier positions that the caller holds apart from the batch's
-  own (the tracing engine's `vrprobe.tracing.prefix.KVPrefix`); the function only needs its two products.
+  own (the tracing engine's `vrprobe.tracing.prefix.KVPrefix`): the function asks it for two products, or for a
+  copy per row.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class SharedPrefix(Protocol):
 
     def output(self, probs: torch.Tensor) -> torch.Tensor:
         """probabilities [B, H, T, length] -> their weighted values [B, H, T, D]."""
+        ...
+
+    def per_row(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys and values [batch, H_kv, length, D], one copy per row of the batch."""
         ...
 
 
@@ -147,21 +152,32 @@ def vrprobe_attention(
     Explicit probabilities (scores, softmax in float32, edits, recording) are computed only for the query rows that
     are recorded or edited (`explicit_rows`: O(rows·S) memory per head, e.g. the answer position for sharpness); every
     other row goes through `torch.nn.functional.scaled_dot_product_attention`. All rows are explicit (eager, with
-    probabilities returned) when every row is recorded, an edit changes the scores, a prefix is given, or soft-capping
-    or training dropout is on."""
+    probabilities returned) when every row is recorded, an edit changes the scores, or soft-capping or training
+    dropout is on.
+
+    A prefix no longer than the batch's own keys is copied into each row's keys (at most doubling them) so that SDPA
+    runs; a longer one (few queries against many earlier positions, where explicit scores are small) stays shared."""
+    prefix = vrprobe_prefix
+    if attention_mask is not None:
+        extra = prefix.length if prefix is not None else 0
+        attention_mask = attention_mask[:, :, :, : key.shape[2] + extra]
+    if prefix is not None and prefix.length <= key.shape[2]:
+        keys, values = prefix.per_row(key.shape[0])
+        key, value, prefix = (
+            torch.cat([keys.to(key.dtype), key], 2),
+            torch.cat([values.to(value.dtype), value], 2),
+            None,
+        )
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     hook = vrprobe_hook if vrprobe_hook is not None and vrprobe_hook.active(query.shape[2]) else None
-    if attention_mask is not None:
-        extra = vrprobe_prefix.length if vrprobe_prefix is not None else 0
-        attention_mask = attention_mask[:, :, :, : key.shape[2] + extra]
     rows = explicit_rows(hook, query.shape[2])
     dropping = module.training and dropout > 0
-    if rows is None or vrprobe_prefix is not None or softcap is not None or dropping:
+    if rows is None or prefix is not None or softcap is not None or dropping:
         out, probs = _explicit(
-            query, key, value, attention_mask, scaling, softcap, hook, None, vrprobe_prefix, dropout, module.training
+            query, key, value, attention_mask, scaling, softcap, hook, None, prefix, dropout, module.training
         )
         return out.transpose(1, 2).contiguous(), probs
     out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)

@@ -45,3 +45,8 @@ class KVPrefix:
         """probabilities on the prefix [B, H, T, P] · prefix values -> [B, H, T, D]."""
         values = repeat_kv(self.values, probs.shape[1] // self.values.shape[1])
         return self._unstack(torch.matmul(self._stack(probs), values), probs.shape[2])
+
+    def per_row(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys and values [batch, H_kv, P, D]: row r gets prefix r mod n (a copy per row, for SDPA)."""
+        reps = batch // self.keys.shape[0]
+        return self.keys.repeat(reps, 1, 1, 1), self.values.repeat(reps, 1, 1, 1)
