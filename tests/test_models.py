@@ -63,10 +63,18 @@ def test_scores_do_not_depend_on_batch_padding(adapter, samples):
 def test_multi_token_candidates_match_single_forward(adapter, samples):
     batch = adapter.encode([samples[0].load_image()], [samples[0].question])
     fast = adapter.score_candidates(batch, [["yes", "no", "red"]])[0]
-    slow = adapter.score_candidates(batch, [["yes", "no", "red", "red red"]])[0]
+    slow = adapter.score_candidates(batch, [["yes", "no", "red", "red red", "blue red green"]])[0]
     assert torch.allclose(fast, slow[:3], atol=1e-4)
-    # log p("red red") = log p(red | prompt) + log p(red | prompt, red) < log p(red | prompt)
-    assert slow[3] < slow[2]
+    # reference: each candidate appended to the prompt and run whole, its tokens' log-probabilities summed
+    for c, text in ((3, "red red"), (4, "blue red green")):
+        ids = adapter.answer_ids(text)
+        full = adapter.collate([adapter.extend(batch.items[0], ids)])
+        with torch.no_grad():
+            logp = adapter.forward(full, use_cache=False).logits[0].float().log_softmax(-1)
+        n = full.inputs["input_ids"].shape[1]
+        expected = sum(logp[n - len(ids) - 1 + k, t] for k, t in enumerate(ids))
+        assert abs(float(slow[c]) - float(expected)) < 1e-4
+    assert slow[3] < slow[2]  # log p("red red") = log p(red | prompt) + log p(red | prompt, red)
 
 
 def test_hub_shaped_checkpoint_loads_from_local_cache(adapter, tmp_path, monkeypatch, samples):

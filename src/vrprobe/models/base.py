@@ -360,28 +360,31 @@ class Adapter:
         """Log-likelihood (nats) of each candidate answer's full token sequence given the prompt.
 
         Returns, per sample, a float tensor [C]: sum over the candidate's tokens of log p(token | prompt, previous
-        answer tokens). When every candidate is one token this is read off the prompt's last-position logits
-        (`last_logits` [B, V] when the caller already ran the prompt); otherwise each sample's candidates are appended
-        and run as one batch. `context(groups)`, when given, wraps every forward run here (e.g. an `intervene` block
-        built for that forward's token groups).
+        answer tokens). Every candidate's first token is read off the prompt's last-position logits (`last_logits`
+        [B, V] when the caller already ran the prompt); the candidates of more than one token are then run, without
+        their last token, as one batch per sample, for the logits of their later tokens. `context(groups)`, when
+        given, wraps every forward run here (e.g. an `intervene` block built for that forward's token groups).
         """
         wrap = context or (lambda groups: nullcontext())
         cand_ids = [[self.answer_ids(c) for c in row] for row in candidates]
-        if all(len(ids) == 1 for row in cand_ids for ids in row):
-            if last_logits is None:
-                with wrap(batch.groups):
-                    last_logits = self.forward(batch, use_cache=False, logits_to_keep=1).logits[:, -1]
-            logp = last_logits.float().log_softmax(-1)
-            return [logp[i, [ids[0] for ids in row]] for i, row in enumerate(cand_ids)]
+        if last_logits is None:
+            with wrap(batch.groups):
+                last_logits = self.forward(batch, use_cache=False, logits_to_keep=1).logits[:, -1]
+        logp = last_logits.float().log_softmax(-1)
         out = []
-        for item, row in zip(batch.items, cand_ids, strict=True):
-            sub = self.collate([self.extend(item, ids) for ids in row])
-            keep = 1 + max(len(ids) for ids in row)  # logits of the positions that predict answer tokens only
-            with wrap(sub.groups):
-                logp = self.forward(sub, use_cache=False, logits_to_keep=keep).logits.float().log_softmax(-1)
-            scores = []
-            for c, ids in enumerate(row):
-                pos = torch.arange(keep - 1 - len(ids), keep - 1)
-                scores.append(logp[c, pos, torch.tensor(ids)].sum())
-            out.append(torch.stack(scores))
+        for i, (item, row) in enumerate(zip(batch.items, cand_ids, strict=True)):
+            scores = logp[i, [ids[0] for ids in row]]
+            multi = [c for c, ids in enumerate(row) if len(ids) > 1]
+            if multi:
+                sub = self.collate([self.extend(item, row[c][:-1]) for c in multi])
+                keep = max(len(row[c]) for c in multi) - 1  # the positions that predict second and later tokens
+                with wrap(sub.groups):
+                    later = self.forward(sub, use_cache=False, logits_to_keep=keep).logits.float().log_softmax(-1)
+                extra = torch.zeros_like(scores)
+                for j, c in enumerate(multi):
+                    ids = row[c]
+                    pos = torch.arange(keep - len(ids) + 1, keep)
+                    extra[c] = later[j, pos, torch.tensor(ids[1:])].sum()
+                scores = scores + extra
+            out.append(scores)
         return out
