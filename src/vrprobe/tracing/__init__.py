@@ -3,8 +3,9 @@
 - engine.py: `TraceConfig`, `Tracer` (one sample: clean, corrupted and restored runs → `SampleTrace`),
   `trace_dataset` (many samples, resumable → `DatasetTrace`), `mean_grid` (the circuit), `measure_sigma` / `site_std`
   (ROME's noise unit), `DEFINITIONS`.
-- restoration.py: restoration `Job`s, the known runs (`KnownRuns`), which positions a restored run must compute
-  (`plan_positions`), batching of jobs (`schedule`), and the batched restored runs (`restore`).
+- restoration.py: restoration `Job`s (`trace_jobs`), the known runs (`KnownRuns`), which positions a restored run
+  must compute (`plan_positions`), batching of jobs (`schedule`), the batched restored runs (`restore`), and the
+  least work any exact engine must do (`exact_work`, against ROME's loop: `reference_work`).
 - replay.py: running decoder layers directly from the arguments captured in a clean forward (`capture_layer_calls`,
   `run_layers`), attention-mask reachability (`attends`, `reachable`, `closed_subset`), block patching.
 - prefix.py: `KVPrefix`, earlier positions' keys and values shared by blocks of rows, passed to vrprobe's attention
@@ -25,13 +26,16 @@ from vrprobe.tracing.engine import (
     site_std,
     trace_dataset,
 )
-from vrprobe.tracing.restoration import window_layers
+from vrprobe.tracing.restoration import exact_work, reference_work, trace_jobs, window_layers
 
 __all__ = [
     "DEFINITIONS",
     "KINDS",
     "TRACE_GROUPS",
     "DatasetTrace",
+    "exact_work",
+    "reference_work",
+    "trace_jobs",
     "SampleTrace",
     "TraceConfig",
     "Tracer",

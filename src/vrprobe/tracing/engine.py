@@ -34,7 +34,7 @@ from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.base import Adapter, Batch
 from vrprobe.progress import Progress, Ticker
 from vrprobe.tracing.replay import capture_layer_calls
-from vrprobe.tracing.restoration import Job, KnownRuns, plan_positions, restore, schedule, window_layers
+from vrprobe.tracing.restoration import Job, KnownRuns, plan_positions, restore, schedule, trace_jobs
 
 KINDS = ("resid", "mlp", "attn")
 DEFINITIONS = {
@@ -161,13 +161,9 @@ class Tracer:
         masks = [positions_mask(g, batch.groups)[0] for g in cfg.groups]
         plans = plan_positions(clean["calls"], masks, img)
         by_plan: dict[tuple[int, int], list[Job]] = {}  # (first position, group whose clean prefix is kept or -1)
-        for k, kind in enumerate(cfg.kinds):
-            for layer in range(L):
-                for g in range(G):
-                    start = layer + 1 if kind == "resid" else window_layers(layer, cfg.window, L)[0]
-                    first, clean_prefix = plans[("resid" if kind == "resid" else "block", g)]
-                    key = (first, g if clean_prefix is not None else -1)
-                    by_plan.setdefault(key, []).append(Job(k, kind, layer, g, start))
+        for job in trace_jobs(cfg.kinds, L, G, cfg.window):
+            first, clean_prefix = plans[("resid" if job.kind == "resid" else "block", job.group)]
+            by_plan.setdefault((first, job.group if clean_prefix is not None else -1), []).append(job)
         p_restored = torch.zeros(len(cfg.kinds), L, G)
         for (first, closed), jobs in sorted(by_plan.items()):
             plan = plans[("resid", closed)] if closed >= 0 else (first, None)

@@ -49,6 +49,79 @@ class Job(NamedTuple):
     start: int
 
 
+def trace_jobs(kinds: Sequence[str], num_layers: int, num_groups: int, window: int) -> list[Job]:
+    """Every restoration of a trace grid, with its start layer: `resid` at l starts at l + 1 (layer l's output is
+    put back), `mlp`/`attn` at l at the first layer of its window."""
+    return [
+        Job(k, kind, layer, g, layer + 1 if kind == "resid" else window_layers(layer, window, num_layers)[0])
+        for k, kind in enumerate(kinds)
+        for layer in range(num_layers)
+        for g in range(num_groups)
+    ]
+
+
+def exact_work(
+    allowed: torch.Tensor | None,
+    noised: torch.Tensor,
+    masks: Sequence[torch.Tensor],
+    jobs: Sequence[Job],
+    num_layers: int,
+    draws: int,
+    window: int = 3,
+) -> int:
+    """The least work any exact tracing engine must do for one sample, in (row × layer × position) units: the layer
+    outputs whose state can differ from both the clean and the corrupted run, summed over the runs, plus the clean run
+    (every position, every layer, 1 row) and the corrupted runs (the outputs that can differ from the clean run,
+    `draws` rows).
+
+    "Can differ" follows each layer as transformers computes it, given the attention masks (`allowed` [T, T], see
+    `replay.attends`; None: any position may attend to any other) and nothing else: the attention output at a position
+    can differ from a run's when a key it may attend to does; the MLP acts on each position alone; a sum can differ
+    when a term can. A restored block (`mlp`/`attn` of group g over the window of layers around l) or layer output
+    (`resid` of g at l) holds the clean value at g, which differs from the corrupted run's where that run's own value
+    can differ from clean. (For example, restoring the attention output of the question at the first layer keeps the
+    question positions clean there, since their inputs are clean embeddings.) Layers are counted whole: reading only
+    the answer position at the last layer is not credited. ROME's loop does `reference_work`."""
+    L, T = num_layers, noised.shape[0]
+
+    def spread(flags: torch.Tensor) -> torch.Tensor:  # positions with an attended key whose state can differ
+        if allowed is None:
+            return flags.any().expand(T).clone()
+        return (allowed & flags[None, :]).any(1)
+
+    corrupted = []  # per layer: the corrupted run's (attention-block output, layer output) differing from clean
+    x = noised.clone()
+    for _ in range(L):
+        attn = spread(x)
+        x = x | attn
+        corrupted.append((attn, x))
+    total = L * T + draws * sum(int(out.sum()) for _, out in corrupted)
+    nothing = torch.zeros(T, dtype=torch.bool)
+    for job in jobs:
+        g = masks[job.group].cpu()
+        blocks = range(0) if job.kind == "resid" else window_layers(job.layer, window, L)
+        not_clean, not_corrupted = noised.clone(), nothing.clone()
+        count = 0
+        for i in range(L):
+            entering = noised if i == 0 else corrupted[i - 1][1]
+            a_clean, a_corrupted = spread(not_clean), spread(not_corrupted)
+            if job.kind == "attn" and i in blocks:
+                a_clean, a_corrupted = a_clean & ~g, torch.where(g, spread(entering), a_corrupted)
+            not_clean, not_corrupted = not_clean | a_clean, not_corrupted | a_corrupted
+            if job.kind == "mlp" and i in blocks:  # the MLP's input in the corrupted run differs where its output can
+                not_corrupted = torch.where(g, not_corrupted | corrupted[i][1], not_corrupted)
+            if job.kind == "resid" and i == job.layer:
+                not_clean, not_corrupted = not_clean & ~g, torch.where(g, corrupted[i][1], not_corrupted)
+            count += int((not_clean & not_corrupted).sum())
+        total += draws * count
+    return total
+
+
+def reference_work(num_jobs: int, num_layers: int, positions: int, draws: int) -> int:
+    """ROME's per-restoration loop, in the units of `exact_work`: one forward of 1 + draws rows per restoration."""
+    return num_jobs * (draws + 1) * num_layers * positions
+
+
 @dataclass
 class KnownRuns:
     """The clean run (1 row) and the corrupted runs (N rows) of one sample, as the decoder layers saw them."""
