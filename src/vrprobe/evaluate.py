@@ -95,7 +95,7 @@ def score_batch(
         finite_logits(padded, ids, model=adapter.name, what="answer log-probabilities")
         records = [open_record(s, g) for s, g in zip(samples, generated, strict=True)]
     if record:
-        entropy = image_attention_entropy(rec[attn_site], batch.groups.image)  # [L, B, H]
+        entropy = image_attention_entropy(rec.stacked(attn_site), batch.groups.image)  # [L, B, H]
         n_image = batch.groups.image.sum(1)
         for i, r in enumerate(records):
             by_layer = entropy[:, i].mean(-1)
