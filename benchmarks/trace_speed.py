@@ -2,7 +2,8 @@
 
 The reference is ROME's `trace_with_patch` algorithm: for every (kind, layer, group) one forward of batch 1 + N, row 0
 clean, rows 1..N with noise on the image-token embeddings, and hooks that copy row 0's state into rows 1..N at the
-restored site. Both use the same noise draws, so their p_restored must agree.
+restored site. Both use the same noise draws, so their p_restored must agree. Made fair: the reference computes logits
+at the answer position only (`logits_to_keep=1`), as the engine does.
 
 Prints one line per model and, last, the worst case over models:
     trace_speed: speedup=<ratio> max_abs_diff=<x> hook_overhead=<ratio>
@@ -30,8 +31,8 @@ from vrprobe.tracing import TraceConfig, Tracer, measure_sigma, window_layers
 
 def rome_trace(adapter, sample, tracer: Tracer, cfg: TraceConfig, index: int) -> torch.Tensor:
     """p_restored [K, L, G] by ROME's loop: one (1 + N)-row forward per restoration, patched from row 0."""
-    batch = adapter.encode([sample.load_image()], [sample.question])
-    target = adapter.answer_ids(sample.answers[0])[0]
+    batch = adapter.encode_samples([sample])
+    target = adapter.answer_ids(sample.gold)[0]
     n, L = cfg.noise_samples, adapter.num_layers
     rows = adapter.collate(batch.items * (n + 1))
     img = batch.groups.image[0]
@@ -65,7 +66,7 @@ def rome_trace(adapter, sample, tracer: Tracer, cfg: TraceConfig, index: int) ->
                     handles.append(module.register_forward_hook(copy_row0(positions)))
                 try:
                     with torch.no_grad():
-                        logits = adapter.forward(rows, use_cache=False).logits[1:, -1]
+                        logits = adapter.forward(rows, use_cache=False, logits_to_keep=1).logits[1:, -1]
                 finally:
                     for h in handles:
                         h.remove()
