@@ -270,6 +270,9 @@ def study_cmd(
     out: Out,
     limit: Limit = None,
     trace_limit: Annotated[int, typer.Option(help="Samples traced per model to find the causal band.")] = 100,
+    probe_limit: Annotated[
+        int, typer.Option(help="Training samples of the reliability probe (easy-VQA: from its train set).")
+    ] = 1000,
     band_positions: Annotated[str, typer.Option(help="Positions corrupted in the band: all or image.")] = "all",
     noise: Annotated[float, typer.Option(help="Noise k for tracing and band corruption.")] = 3.0,
     batch_size: BatchSize = "32",
@@ -296,6 +299,7 @@ def study_cmd(
             out=out,
             limit=limit,
             trace_limit=trace_limit,
+            probe_limit=probe_limit,
             band_positions=band_positions,
             noise=noise,
             batch_size=batch_size,
@@ -310,10 +314,12 @@ def study_cmd(
 
 
 def _print_table(table: list) -> None:
-    from vrprobe.tables import study_table, verdict_lines
+    from vrprobe.tables import reliability_table, study_table, verdict_lines
 
     console = Console() if Console().is_terminal else Console(width=220)
     console.print(study_table(table))
+    if all("auroc_confidence" in row for row in table):
+        console.print(reliability_table(table))
     for line in verdict_lines(table):
         console.print(line, highlight=False, soft_wrap=True)
 
@@ -376,6 +382,11 @@ def zoo_train(
     typer.echo(f"trained {name}: {log['params']:,} parameters in {log['total_seconds']:.0f} s -> {target}")
 
 
+def _register() -> None:
+    """Commands defined beside this module (they import its options and `app`)."""
+    from vrprobe import cli_proxies  # noqa: F401  (registers `probe`)
+
+
 def main() -> None:
     """Console entry point: one red line and exit 1 for runtime errors, exit 2 for usage errors."""
     from transformers.utils import logging as hf_logging
@@ -383,6 +394,7 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     debug = "--debug" in sys.argv
+    _register()
     try:
         app(standalone_mode=False)
     except (typer.Exit, click.exceptions.Exit) as exc:

@@ -5,6 +5,7 @@ Definitions (also written into every `summary.json`):
   log-likelihood given the prompt, taken at the predicted (argmax) candidate.
 - **correct** (0/1): the predicted candidate equals one of the sample's reference answers (case-insensitive).
 - **accuracy**: mean of `correct`; `accuracy_by_type`: the same within each question type.
+- **margin** (nats): top-1 − top-2 log-probability over the candidate answers (closed set).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ DEFINITIONS = {
     "sharpness": "entropy (nats) of the answer (last) position's attention over the image tokens, renormalised over "
     "them, averaged over heads and then layers; lower = sharper",
     "sharpness_norm": "sharpness / log(#image tokens), in [0, 1]",
+    "margin": "top-1 minus top-2 log-probability over the candidate answers (nats; closed set only)",
 }
 
 
@@ -55,6 +57,7 @@ def score_batch(
     edits: Sequence[Edit] = (),
     seed: int = 0,
     max_new_tokens: int = 10,
+    hidden: bool = False,
 ) -> list[dict[str, Any]]:
     """Encode (unless `batch` is given) and answer samples, optionally under interventions `edits`; returns records.
 
@@ -62,6 +65,9 @@ def score_batch(
     forward that gives the answer also records the answer position's attention at every layer (the last prompt
     position, whose output is the first generated token), so sharpness costs no second pass. NaN or inf in the
     logits (a broken checkpoint, an overflow) raises `VrprobeError` naming the sample instead of scoring it.
+
+    `hidden=True` also returns, from the same forward, every layer's output at the answer position (`hidden_last`)
+    and averaged over the image tokens (`hidden_image_mean`), float32 numpy arrays [L, D] (the probes' features).
     """
     closed = [bool(s.choices) for s in samples]
     if any(closed) and not all(closed):
@@ -71,6 +77,9 @@ def score_batch(
     ids = [s.id for s in samples]
     attn_site = Site("attn_probs", tuple(range(adapter.num_layers)), "last")
     record = [attn_site] if adapter.records_attention else []
+    resid_site = Site("resid", tuple(range(adapter.num_layers)), "all")
+    if hidden:
+        record.append(resid_site)
     with intervene(adapter, batch.groups, edits=edits, record=record, seed=seed) as rec:
         if all(closed):
             last_logits = adapter.forward(batch, use_cache=False, logits_to_keep=1).logits[:, -1]
@@ -94,7 +103,14 @@ def score_batch(
         padded = torch.tensor([row + [0.0] * (width - len(row)) for row in steps])
         finite_logits(padded, ids, model=adapter.name, what="answer log-probabilities")
         records = [open_record(s, g) for s, g in zip(samples, generated, strict=True)]
-    if record:
+    if hidden:
+        states = rec.stacked(resid_site).float()  # [L, B, T, D]
+        image = batch.groups.image.to(states.device)
+        image_mean = (states * image[None, :, :, None]).sum(2) / image.sum(1).clamp_min(1)[None, :, None]
+        for i, r in enumerate(records):
+            r["hidden_last"] = states[:, i, -1].cpu().numpy()
+            r["hidden_image_mean"] = image_mean[:, i].cpu().numpy()
+    if adapter.records_attention:
         entropy = image_attention_entropy(rec.stacked(attn_site), batch.groups.image)  # [L, B, H]
         n_image = batch.groups.image.sum(1)
         for i, r in enumerate(records):
@@ -110,14 +126,17 @@ def _base(s: Sample) -> dict[str, Any]:
 
 
 def closed_record(s: Sample, loglik: torch.Tensor) -> dict[str, Any]:
-    """Prediction = argmax candidate; confidence = its softmax probability over the candidates."""
+    """Prediction = argmax candidate; confidence = its softmax probability over the candidates; margin = top-1 −
+    top-2 log-probability over the candidates (nats; NaN for a single candidate)."""
     probs = torch.softmax(loglik.double(), dim=0)
     k = int(torch.argmax(probs))
     correct = is_correct(s.choices[k], s.answers)
+    top = torch.topk(torch.log_softmax(loglik.double(), 0), min(2, len(probs))).values
     return {
         **_base(s),
         "predicted": s.choices[k],
         "confidence": float(probs[k]),
+        "margin": float(top[0] - top[1]) if len(top) == 2 else float("nan"),
         "correct": correct,
         "accuracy": correct,
         "choices": list(s.choices),

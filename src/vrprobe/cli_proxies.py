@@ -1,0 +1,92 @@
+"""`vrprobe probe`: the reliability-proxy commands, registered on the main command line (`vrprobe.cli`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vrprobe.cli import (
+    Bars,
+    BatchSize,
+    Device,
+    DeviceMap,
+    Dtype,
+    Limit,
+    MaxPixels,
+    MinPixels,
+    Model,
+    Overwrite,
+    Seed,
+    _placement,
+    app,
+)
+from vrprobe.errors import UsageError
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """'3,5,7' or '2-6' (inclusive) or a mix -> sorted layer indices; None for None."""
+    if text is None:
+        return None
+    layers: set[int] = set()
+    for part in text.split(","):
+        a, dash, b = part.strip().partition("-")
+        if not (a.isdigit() and (not dash or b.isdigit())):
+            raise UsageError(f"--layers takes indices and ranges such as 2,4 or 2-6, got '{text}'")
+        layers.update(range(int(a), int(b) + 1) if dash else [int(a)])
+    return sorted(layers)
+
+
+@app.command("probe")
+def probe_cmd(
+    model: Model,
+    data: Annotated[str, typer.Option(help="Training dataset spec (easy-VQA: easy-vqa:train).")],
+    eval_data: Annotated[
+        str, typer.Option(help="Held-out dataset spec(s), comma-separated; the first is the test set, more = transfer.")
+    ],
+    out: Annotated[Path, typer.Option(help="Run directory (summary.json, records).")],
+    layers: Annotated[str | None, typer.Option(help="Decoder layers to probe: 2,4 or 2-6 (default: all).")] = None,
+    limit: Limit = None,
+    batch_size: BatchSize = "32",
+    seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    device_map: DeviceMap = None,
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train hidden-state reliability probes on --data and score them beside confidence, sharpness and the logit
+    margin on held-out --eval-data: AUROC (95% bootstrap interval), AURC and accuracy at 50/80/90% coverage.
+
+    Probes: logistic regression on the answer position's hidden state per layer (`probe`), on the mean over image
+    tokens (`probe_image_mean`), and a label-free one trained to predict that the answer survives image noise
+    (`probe_label_free`). The layer is chosen by cross-validation on the training data only.
+
+    Example: vrprobe probe --model zoo:llava --data easy-vqa:train --eval-data easy-vqa:test --out runs/probe
+    """
+    from vrprobe.proxies import probe
+
+    with Bars() as bars:
+        r = probe(
+            model,
+            data,
+            eval_data,
+            out=out,
+            layers=parse_layers(layers),
+            limit=limit,
+            batch_size=batch_size,
+            seed=seed,
+            **_placement(device, dtype, device_map, min_pixels, max_pixels),
+            overwrite=overwrite,
+            progress=bars,
+        )
+    s = r.summary
+    typer.echo(f"{model}: trained on {data} (n={s['n_train']}), best layer {s['best_layer']}")
+    for spec, e in s["evaluations"].items():
+        typer.echo(f"  {spec} (n={e['n']}, accuracy {e['accuracy']:.3f})")
+        for name, v in e["selective"].items():
+            lo, hi = v["ci"]
+            typer.echo(f"    {name:<18} AUROC {v['auroc']:.3f} [{lo:.3f}, {hi:.3f}]  AURC {v['aurc']:.4f}")
+    typer.echo(f"-> {out / 'summary.json'}")

@@ -1,0 +1,193 @@
+"""Cheap reliability proxies as commands: `vrprobe probe` (hidden-state probes against confidence, sharpness and the
+logit margin on held-out samples).
+
+Definitions (also written into `summary.json`): see `DEFINITIONS`; the probe itself: `vrprobe.probe`; AUROC, AURC and
+accuracy at coverage: `vrprobe.metrics.selective`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vrprobe import checks
+from vrprobe.batching import batch_size_option, choose_batch_size, run_batches
+from vrprobe.data import load_dataset
+from vrprobe.data.shift import shift_images
+from vrprobe.devices import Placement
+from vrprobe.errors import UsageError
+from vrprobe.evaluate import score_batch
+from vrprobe.metrics.selective import auroc, auroc_interval, selective
+from vrprobe.models import Adapter
+from vrprobe.probe import STABILITY_NOISE, ReliabilityProbe, features
+from vrprobe.progress import Progress
+from vrprobe.runs import RunDir
+
+DEFINITIONS = {
+    "reliability": "the probe's probability that the answer is correct, from the answer position's hidden state at "
+    "best_layer (logistic regression on standardised states, trained on the training split only)",
+    "reliability_image_mean": "the same probe on the layer's mean over image tokens",
+    "reliability_label_free": "a probe trained without correctness labels, to predict that the answer survives "
+    f"Gaussian pixel noise of std {STABILITY_NOISE} (same prediction as on the clean image)",
+    "best_layer": "the layer with the best cross-validated AUROC on the training split (never the test split)",
+    "auroc": "P(signal of a correct answer > signal of an incorrect one) + 0.5·P(tie), with a 95% percentile "
+    "bootstrap interval over samples (1,000 resamples)",
+    "aurc": "area under the risk–coverage curve: mean over k of the error rate of the k most trusted answers",
+    "accuracy_at_C": "accuracy of the C% most trusted answers",
+    "signals": "confidence (probability), sharpness (negated entropy, nats: sharper = more trusted), margin (top-1 "
+    "minus top-2 log-probability over the candidates, nats), probe, probe_image_mean, probe_label_free (probability)",
+}
+KEPT = ("sample_id", "question_type", "predicted", "correct", "confidence", "sharpness", "margin")
+
+
+@dataclass
+class ProbeResult:
+    """Held-out records (one per test sample) and the summary of `probe`."""
+
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out: Path | None
+
+
+def collect(
+    adapter: Adapter, samples: Sequence[Any], batch_size: int | str, progress: Progress | None, stage: str
+) -> list[dict[str, Any]]:
+    """Eval records with hidden-state features (`score_batch(hidden=True)`), in sample order."""
+    out: list[dict[str, Any]] = []
+    size = choose_batch_size(adapter, samples, batch_size)
+    run_batches(
+        samples,
+        size,
+        lambda idx, chunk: out.extend(score_batch(adapter, chunk, hidden=True)),
+        progress=progress,
+        stage=stage,
+    )
+    return out
+
+
+def signal_values(records: Sequence[dict[str, Any]], name: str) -> np.ndarray:
+    """A signal per record, oriented so that higher = more trusted (sharpness: negated entropy)."""
+    if name == "sharpness":
+        return -np.array([r.get("sharpness", np.nan) for r in records], dtype=float)
+    return np.array([r[name] for r in records], dtype=float)
+
+
+def probe(
+    model: str,
+    data: str,
+    eval_data: str | Sequence[str],
+    *,
+    out: Path | str | None = None,
+    layers: Sequence[int] | None = None,
+    limit: int | None = None,
+    batch_size: int | str = 32,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> ProbeResult:
+    """Train reliability probes on `data` and score them, beside confidence, sharpness and the margin, on each of
+    `eval_data` (the first is the held-out test set; further ones measure transfer, e.g. a shifted copy)."""
+    checks.options(limit=limit, seed=seed)
+    batch_size = batch_size_option(batch_size)
+    specs = [s for s in (eval_data.split(",") if isinstance(eval_data, str) else eval_data) if s]
+    if not specs:
+        raise UsageError("--eval-data needs at least one dataset spec")
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    config = {
+        "command": "probe",
+        "model": model,
+        "data": data,
+        "eval_data": specs,
+        "layers": list(layers) if layers else None,
+        "limit": limit,
+        "seed": seed,
+        **asdict(placement),
+    }
+    train_set = load_dataset(data, limit=limit, seed=seed)
+    test_sets = [load_dataset(spec, limit=limit, seed=seed) for spec in specs]
+    train_ids = {s.id for s in train_set.samples}
+    for spec, ds in zip(specs, test_sets, strict=True):
+        if spec.partition("?")[0] == data.partition("?")[0] and train_ids & {s.id for s in ds.samples}:
+            raise UsageError(
+                f"--eval-data {spec} shares samples with the training data {data}: held out means held out"
+            )
+    adapter = placement.load(model)
+    bad = [x for x in layers or () if not 0 <= x < adapter.num_layers]
+    if bad:
+        raise UsageError(f"probe layer {bad[0]} is out of range: the model has layers 0..{adapter.num_layers - 1}")
+    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    torch.manual_seed(seed)
+    train = collect(adapter, train_set.samples, batch_size, progress, f"probe features {data}")
+    noisy = shift_images(train_set.samples, {"noise": STABILITY_NOISE}, seed)
+    shifted = collect(adapter, noisy, batch_size, progress, f"probe stability {data}")
+    y = np.array([r["correct"] for r in train], dtype=float)
+    stable = np.array([a["predicted"] == b["predicted"] for a, b in zip(train, shifted, strict=True)], dtype=float)
+    probes = {
+        "probe": ReliabilityProbe(layers, seed=seed).fit(features(train, "last"), y),
+        "probe_image_mean": ReliabilityProbe(layers, seed=seed).fit(features(train, "image_mean"), y),
+        "probe_label_free": ReliabilityProbe(layers, seed=seed).fit(features(train, "last"), stable),
+    }
+    feature_of = {"probe": "last", "probe_image_mean": "image_mean", "probe_label_free": "last"}
+    evaluations, all_records = {}, []
+    for spec, ds in zip(specs, test_sets, strict=True):
+        test = collect(adapter, ds.samples, batch_size, progress, f"probe eval {spec}")
+        correct = np.array([r["correct"] for r in test], dtype=float)
+        per_layer = []
+        for name, p in probes.items():
+            X = features(test, feature_of[name])
+            for layer in p.layers_:
+                s = p.predict_proba(X, layer)
+                ci = auroc_interval(s, correct, seed=seed)
+                per_layer.append({"signal": name, "layer": layer, "auroc": auroc(s, correct), "ci": list(ci)})
+            for r, v in zip(test, p.predict_proba(X), strict=True):
+                r[name.replace("probe", "reliability")] = float(v)
+        signals = ["confidence", "sharpness", "margin", "probe", "probe_image_mean", "probe_label_free"]
+        columns = {"probe": "reliability", "probe_image_mean": "reliability_image_mean"}
+        columns["probe_label_free"] = "reliability_label_free"
+        summaries = {}
+        for name in signals:
+            values = signal_values(test, columns.get(name, name))
+            if np.isfinite(values).all():
+                summaries[name] = selective(name, values, correct, seed=seed).to_dict()
+        evaluations[spec] = {
+            "n": len(test),
+            "accuracy": float(correct.mean()),
+            "auroc": per_layer,
+            "selective": summaries,
+        }
+        all_records += [
+            {**{k: r.get(k) for k in KEPT}, "data": spec, **{c: r[c] for c in columns.values()}} for r in test
+        ]
+    first = evaluations[specs[0]]["selective"]
+    summary = {
+        "model": model,
+        "data": data,
+        "eval_data": specs,
+        "n_train": len(train),
+        "train_accuracy": float(y.mean()),
+        "train_stable_fraction": float(stable.mean()),
+        "best_layer": probes["probe"].best_layer_,
+        "best_layers": {name: p.best_layer_ for name, p in probes.items()},
+        "cv_auroc": {name: {str(k): f.cv_auroc for k, f in p.fits_.items()} for name, p in probes.items()},
+        "auroc": evaluations[specs[0]]["auroc"],
+        "auroc_confidence": first["confidence"]["auroc"],
+        "auroc_confidence_ci": first["confidence"]["ci"],
+        "auroc_probe": first["probe"]["auroc"],
+        "auroc_probe_ci": first["probe"]["ci"],
+        "evaluations": evaluations,
+        "definitions": DEFINITIONS,
+    }
+    if run is not None:
+        run.append(all_records)
+        run.write_json("summary.json", summary)
+    return ProbeResult(records=all_records, summary=summary, out=run.path if run else None)
