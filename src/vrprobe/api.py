@@ -300,6 +300,7 @@ def study(
     out: Path | str | None = None,
     limit: int | None = None,
     trace_limit: int = 100,
+    probe_limit: int = 1000,
     band_positions: str = "all",
     noise: float = 3.0,
     batch_size: int | str = 32,
@@ -315,7 +316,14 @@ def study(
     make_report: bool = True,
 ) -> StudyResult:
     """All four modules over models × datasets (see `vrprobe.study`)."""
-    checks.options(limit=limit, trace_limit=trace_limit, noise=noise, seed=seed, max_new_tokens=max_new_tokens)
+    checks.options(
+        limit=limit,
+        trace_limit=trace_limit,
+        probe_limit=probe_limit,
+        noise=noise,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
     batch_size = batch_size_option(batch_size)
     placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
     for spec in checks.spec_list("--models", models):  # a typo in the last model fails now, not after the first
@@ -330,6 +338,7 @@ def study(
         data=split(data),
         limit=limit,
         trace_limit=trace_limit,
+        probe_limit=probe_limit,
         seed=seed,
         noise=noise,
         band_positions=band_positions,

@@ -98,6 +98,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "noise_samples": positive_int,
     "window": positive_int,
     "trace_limit": positive_int,
+    "probe_limit": positive_int,
     "stage1_steps": _optional(nonneg_int),
     "stage2_steps": _optional(nonneg_int),
 }

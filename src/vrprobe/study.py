@@ -26,7 +26,10 @@ from vrprobe.evaluate import score_batch
 from vrprobe.metrics.calibration import calibration_summary
 from vrprobe.metrics.stats import correlation
 from vrprobe.models import Adapter
+from vrprobe.probe import ReliabilityProbe, features
 from vrprobe.progress import Progress
+from vrprobe.reliability import DEFINITIONS as RELIABILITY_DEFINITIONS
+from vrprobe.reliability import probe_split, reliability_verdict, selective_stats, train_probe
 from vrprobe.runs import RunDir
 from vrprobe.tracing import TraceConfig, trace_dataset
 
@@ -60,6 +63,7 @@ DEFINITIONS = {
     "r_sharpness_overconfidence does not, contradicted when r_sharpness_accuracy counts as negative or "
     f"r_sharpness_overconfidence as positive; attention 'stays focused' when band corruption changes mean "
     f"normalised entropy by less than {FOCUS_TOLERANCE}",
+    **RELIABILITY_DEFINITIONS,
 }
 
 
@@ -78,6 +82,7 @@ class StudyConfig:
     batch_size: int | str = 32
     n_boot: int = 2000
     max_new_tokens: int = 10
+    probe_limit: int = 1000
     placement: Placement = field(default_factory=Placement)
 
 
@@ -178,11 +183,14 @@ def study_batch(
     chunk: Sequence[Any],
     edits: list,
     cfg: StudyConfig,
+    probe: ReliabilityProbe,
+    probe_ids: set[str],
 ) -> list[dict[str, Any]]:
-    """Records of one batch (`indices`: the samples' positions in the dataset): the clean answer with sharpness, and
-    the answer under band corruption."""
+    """Records of one batch (`indices`: the samples' positions in the dataset): the clean answer with sharpness, the
+    margin and the probe's reliability (same forward), and the answer under band corruption."""
     batch = adapter.encode_samples(chunk)
-    clean = score_batch(adapter, chunk, batch, max_new_tokens=cfg.max_new_tokens)
+    clean = score_batch(adapter, chunk, batch, max_new_tokens=cfg.max_new_tokens, hidden=True)
+    reliability = probe.predict_proba(features(clean, "last"))
     banded = corrupt_batch(adapter, chunk, edits, cfg.seed, indices[0], batch, max_new_tokens=cfg.max_new_tokens)
     return [
         {
@@ -198,12 +206,15 @@ def study_batch(
             "overconfidence": max(r["confidence"] - r["correct"], 0.0),
             "sharpness": r["sharpness"],
             "sharpness_norm": r["sharpness_norm"],
+            "margin": r.get("margin", float("nan")),
+            "reliability": float(rel),
+            "probe_train": r["sample_id"] in probe_ids,
             "band_correct": b["correct"],
             "band_accuracy": b["accuracy"],
             "band_sharpness": b["sharpness"],
             "n_image_tokens": int(batch.groups.image[j].sum()),
         }
-        for j, (index, r, b) in enumerate(zip(indices, clean, banded, strict=True))
+        for j, (index, r, b, rel) in enumerate(zip(indices, clean, banded, reliability, strict=True))
     ]
 
 
@@ -214,6 +225,7 @@ def table_row(
     recs: list[dict[str, Any]],
     band: dict[str, Any],
     cfg: StudyConfig,
+    probe_layer: int,
 ) -> dict[str, Any]:
     """One row of the table from the stored records of one model × dataset."""
     conf = np.array([r["confidence"] for r in recs])
@@ -241,8 +253,10 @@ def table_row(
         "sharpness_corrupted": float(np.mean([r["band_sharpness"] for r in recs])),
         "mean_confidence": float(conf.mean()),
         "reliability_diagram": cal["diagram"],
+        "probe_layer": probe_layer,
+        **selective_stats(recs, cfg.n_boot, cfg.seed),
     }
-    row["verdict"] = verdict(row, int(recs[0]["n_image_tokens"]))
+    row["verdict"] = {**verdict(row, int(recs[0]["n_image_tokens"])), **reliability_verdict(row)}
     return row
 
 
@@ -253,6 +267,7 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
     done = run.done(("model", "data", "sample_id")) if run else set()
     records: list[dict[str, Any]] = []
     facts: dict[str, dict[str, Any]] = {}
+    probes: dict[str, dict[str, Any]] = {}
     for spec in cfg.models:
         torch.manual_seed(cfg.seed)
         adapter = cfg.placement.load(spec)
@@ -262,13 +277,21 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
             if run:
                 run.append([bands[spec]], "bands")
         band = bands[spec]
+        probe_samples = probe_split(datasets[0], cfg.probe_limit, cfg.seed)
+        probe = train_probe(adapter, probe_samples, cfg.batch_size, cfg.seed, progress, f"probe {spec}")
+        probe_ids = {s.id for s in probe_samples}
+        probes[spec] = {
+            "layer": probe.best_layer_,
+            "n_train": len(probe_samples),
+            "cv_auroc": {str(k): f.cv_auroc for k, f in probe.fits_.items()},
+        }
         sigmas = {int(k): v for k, v in json.loads(band["sigmas"]).items()}
         edits = band_edits((band["band_a"], band["band_b"]), "hidden", cfg.band_positions, cfg.noise, sigmas)
         size = choose_batch_size(adapter, datasets[0].samples, cfg.batch_size, extra_tokens=cfg.max_new_tokens)
         for dataset in datasets:
 
-            def work(indices: list[int], chunk: list[Any], dataset: Dataset = dataset, a=adapter, m=spec, e=edits):
-                rows = study_batch(a, m, dataset, indices, chunk, e, cfg)
+            def work(indices, chunk, dataset=dataset, a=adapter, m=spec, e=edits, p=probe, ids=probe_ids) -> None:
+                rows = study_batch(a, m, dataset, indices, chunk, e, cfg, p, ids)
                 run.append(rows) if run else records.extend(rows)
 
             finished = {i for m, d, i in done if (m, d) == (spec, dataset.spec)}
@@ -283,7 +306,7 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
     for spec in cfg.models:
         for data in cfg.data:
             recs = [r for r in records if r["model"] == spec and r["data"] == data]
-            table.append(table_row(spec, facts[spec], data, recs, bands[spec], cfg))
+            table.append(table_row(spec, facts[spec], data, recs, bands[spec], cfg, probes[spec]["layer"]))
     traces = {
         m: {"sigma": b["sigma"], "n": b["n"], "grid": json.loads(b["grid"]), "band": [b["band_a"], b["band_b"]]}
         for m, b in bands.items()
@@ -292,6 +315,7 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
         "table": table,
         "config": asdict(cfg),
         "traces": traces,
+        "probes": probes,
         "definitions": DEFINITIONS,
         "verdict": {f"{row['model']} · {row['data']}": row["verdict"] for row in table},
     }

@@ -92,6 +92,32 @@ def study_table(rows: Sequence[dict[str, Any]]) -> Table:
     return t
 
 
+def auroc_interval_text(row: dict[str, Any], signal: str) -> str:
+    """'0.91 [0.85, 0.96]' for a row's auroc_SIGNAL and its interval; 'n/a' when not measured."""
+    value, ci = row.get(f"auroc_{signal}"), row.get(f"auroc_{signal}_ci") or [None, None]
+    if value is None:
+        return "n/a"
+    return f"{value:.2f} [{'n/a' if ci[0] is None else f'{ci[0]:.2f}'}, {'n/a' if ci[1] is None else f'{ci[1]:.2f}'}]"
+
+
+def reliability_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """One line per model × dataset: each signal's held-out AUROC [95% interval], the probe's layer, AURC."""
+    t = Table(title="reliability signals on held-out samples (AUROC correct vs incorrect [95% bootstrap CI])")
+    signals = ("confidence", "sharpness", "margin", "probe")
+    for col in ("model", "data", "n held out", *signals, "probe layer", "AURC conf", "AURC probe"):
+        t.add_column(col, justify="left" if col in ("model", "data") else "right")
+    for row in rows:
+        t.add_row(
+            row["model"],
+            row["data"],
+            str(row.get("n_held_out", "")),
+            *(auroc_interval_text(row, s) for s in signals),
+            str(row.get("probe_layer", "")),
+            *(sig3(row.get(f"aurc_{s}")) for s in ("confidence", "probe")),
+        )
+    return t
+
+
 def verdict_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """One line per row: which signals predict correctness, and the belief's status, from the computed verdict."""
     out = []
@@ -107,5 +133,11 @@ def verdict_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"correctness: {strongest}; under band corruption attention {focus} "
             f"(Δ normalised entropy {v['normalised_entropy_change_under_band_corruption']:+.3f}); "
             f"belief 'sharp attention = reliable': {v['belief_sharp_attention_means_reliable']}"
+            + (
+                f"; most reliable signal: {v['most_reliable_signal'] or 'none (AUROC intervals overlap)'}; "
+                f"probe beats confidence: {v['probe_beats_confidence']}"
+                if "most_reliable_signal" in v
+                else ""
+            )
         )
     return out

@@ -205,6 +205,19 @@ def _verdict(table: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, str]], li
         ),
         ("Under band corruption", f"attention stays focused while accuracy drops in {focused} of {n} cells."),
     ]
+    if all("most_reliable_signal" in v for v in verdicts):
+        best = [v["most_reliable_signal"] for v in verdicts]
+        named = {b: best.count(b) for b in dict.fromkeys(b for b in best if b)}
+        beats = sum(v["probe_beats_confidence"].startswith("yes") for v in verdicts)
+        text = "; ".join(f"{b} in {k} of {n} cells" for b, k in named.items()) or "none"
+        headline.append(
+            (
+                "When to trust an answer?",
+                f"Signal whose AUROC interval lies above all others': {text} (elsewhere the intervals overlap). "
+                f"The hidden-state probe beats confidence in {beats} of {n} cells"
+                + ("." if beats else ": it does not beat confidence."),
+            )
+        )
     rows = []
     for row, v, (st, _, _), span in zip(table, verdicts, status, _spans(table), strict=True):
         key = "r_confidence_accuracy" if v["stronger_signal"] == "confidence" else "r_sharpness_accuracy"
@@ -239,6 +252,35 @@ def _overview(table: Sequence[dict[str, Any]]) -> Plot:
     return Plot("overview forest plot: r(sharp, correct), r(sharp, overconfidence), r(confidence, correct)", png)
 
 
+def _auroc_overview(table: Sequence[dict[str, Any]]) -> Plot | None:
+    specs = list(dict.fromkeys(r["data"] for r in table))
+    cells = [
+        {"label": f"{row['model']}  ·  {_short_data(row['data'], specs)}", "signals": row["selective"]}
+        for row in table
+        if row.get("selective")
+    ]
+    if not cells:
+        return None
+    return Plot("reliability signals: held-out AUROC", plots.auroc_forest(cells))
+
+
+def _risk_coverage(title: str, records: Sequence[dict[str, Any]]) -> Plot | None:
+    """Risk–coverage curves of every signal on the held-out records (those the probe was not trained on)."""
+    from vrprobe.metrics.selective import risk_coverage
+    from vrprobe.reliability import SIGNALS
+
+    held = [r for r in records if not r.get("probe_train")]
+    if not held or "reliability" not in held[0]:
+        return None
+    correct = [float(r["correct"]) for r in held]
+    curves = {}
+    for name, column in SIGNALS.items():
+        values = [r.get(column) for r in held]
+        if all(v is not None and v == v for v in values):
+            curves[name] = risk_coverage([-v if name == "sharpness" else v for v in values], correct)
+    return Plot(f"risk-coverage {title}", plots.risk_coverage(curves, "risk–coverage (held out)"))
+
+
 def _figures(title: str, records: Sequence[dict[str, Any]], row: dict[str, Any] | None) -> list[Plot]:
     """Reliability diagram and sharpness scatter from the records, band corruption bars from the summary row."""
     out = []
@@ -249,6 +291,9 @@ def _figures(title: str, records: Sequence[dict[str, Any]], row: dict[str, Any] 
         out.append(Plot(f"reliability {title}", plots.reliability(diagram, "reliability diagram")))
         if "sharpness_norm" in records[0]:
             out.append(Plot(f"scatter {title}", plots.scatter(records, "sharpness vs confidence")))
+    curves = _risk_coverage(title, records)
+    if curves:
+        out.append(curves)
     if row and "drop_abs" in row:
         acc = row.get("accuracy", row.get("accuracy_clean"))
         png = plots.band(
@@ -349,6 +394,7 @@ def render(out: Path) -> str:
         )
         page["headline"], page["verdict_rows"] = _verdict(table) if all("verdict" in r for r in table) else ([], [])
         page["overview"] = _overview(table)
+        page["auroc_overview"] = _auroc_overview(table)
         page["verdict_header"] = [Cell(h, cls="l") for h in VERDICT_HEADER]
         page["header"] = [Cell("model", cls="l"), Cell("params"), Cell("data", cls="l")]
         page["header"] += [Cell(h, title=t) for _, h, t in COLUMNS]

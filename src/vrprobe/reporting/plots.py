@@ -1,6 +1,7 @@
 """Figures for the report (matplotlib, Agg), returned as base64 PNG strings. Plotting only: numbers come in ready.
 
-`forest` (the overview: every correlation with its 95% interval), `reliability`, `scatter`, `heatmaps`, `band`.
+`forest` (the overview: every correlation with its 95% interval), `reliability`, `scatter`, `heatmaps`, `band`,
+`auroc_forest` (reliability signals' held-out AUROC), `risk_coverage`.
 """
 
 from __future__ import annotations
@@ -149,3 +150,49 @@ def forest(
         fig.suptitle(title, fontsize=10, x=0.01, ha="left", color="0.25")
     fig.tight_layout(rect=(0, 0.06, 1, 0.97 if title else 1), w_pad=2.0)
     return _png(fig, dpi=100)
+
+
+SIGNAL_COLORS = {"confidence": "tab:blue", "sharpness": "tab:green", "margin": "tab:purple", "probe": "tab:red"}
+
+
+def auroc_forest(cells: Sequence[dict[str, Any]], title: str = "") -> str:
+    """Reliability signals side by side: one row per model × dataset, one point per signal = its held-out AUROC,
+    whisker = 95% interval, dashed line at 0.5 (chance). cells: `{"label", "signals": {name: {"auroc", "ci"}}}`."""
+    names = [n for n in SIGNAL_COLORS if any(n in c["signals"] for c in cells)]
+    fig, ax = plt.subplots(figsize=(9.5, 1.2 + 0.55 * len(cells)))
+    ax.axvline(0.5, color="0.3", lw=1, ls="--")
+    for i, c in enumerate(cells):
+        for j, name in enumerate(names):
+            cell = c["signals"].get(name)
+            if not cell or cell.get("auroc") is None:
+                continue
+            y = i + (j - (len(names) - 1) / 2) * 0.16
+            color = SIGNAL_COLORS[name]
+            lo, hi = cell["ci"]
+            ax.plot([lo, hi], [y, y], color=color, lw=2)
+            ax.plot(cell["auroc"], y, "o", color=color, ms=5, label=name if i == 0 else None)
+    ax.set_yticks(range(len(cells)), [c["label"] for c in cells], fontsize=9)
+    ax.set_ylim(len(cells) - 0.5, -0.5)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("held-out AUROC, correct vs incorrect (95% interval); 0.5 = chance", fontsize=9)
+    ax.grid(axis="x", color="0.85", lw=0.6)
+    ax.legend(loc="lower left", fontsize=8.5, ncol=len(names), frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10, loc="left")
+    fig.tight_layout()
+    return _png(fig, dpi=100)
+
+
+def risk_coverage(curves: dict[str, tuple[Any, Any]], title: str) -> str:
+    """Risk (error rate of the answers kept) against coverage (fraction kept, most trusted first), per signal."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    for name, (coverage, risk) in curves.items():
+        ax.plot(coverage, risk, color=SIGNAL_COLORS.get(name, "0.4"), lw=1.6, label=name)
+    ax.set_xlabel("coverage (fraction of answers kept)")
+    ax.set_ylabel("risk (error rate of kept answers)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
