@@ -384,7 +384,7 @@ def zoo_train(
 
 def _register() -> None:
     """Commands defined beside this module (they import its options and `app`)."""
-    from vrprobe import cli_proxies  # noqa: F401  (registers `probe`)
+    from vrprobe import cli_proxies  # noqa: F401  (registers `probe` and `attribute`)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Cheap reliability proxies as commands: `vrprobe probe` (hidden-state probes against confidence, sharpness and the
-logit margin on held-out samples).
+logit margin on held-out samples) and `vrprobe attribute` (attribution patching over the causal trace's grid, compared
+with the exact trace).
 
 Definitions (also written into `summary.json`): see `DEFINITIONS`; the probe itself: `vrprobe.probe`; AUROC, AURC and
 accuracy at coverage: `vrprobe.metrics.selective`.
@@ -7,6 +8,7 @@ accuracy at coverage: `vrprobe.metrics.selective`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +27,11 @@ from vrprobe.evaluate import score_batch
 from vrprobe.metrics.selective import auroc, auroc_interval, selective
 from vrprobe.models import Adapter
 from vrprobe.probe import STABILITY_NOISE, ReliabilityProbe, features
-from vrprobe.progress import Progress
+from vrprobe.progress import Progress, Ticker
 from vrprobe.runs import RunDir
+from vrprobe.tracing import Attributor, TraceConfig, Tracer, compare, measure_sigma
+from vrprobe.tracing.attribution import DEFINITIONS as ATTRIBUTION_DEFINITIONS
+from vrprobe.tracing.attribution import mean_estimates
 
 DEFINITIONS = {
     "reliability": "the probe's probability that the answer is correct, from the answer position's hidden state at "
@@ -191,3 +196,113 @@ def probe(
         run.append(all_records)
         run.write_json("summary.json", summary)
     return ProbeResult(records=all_records, summary=summary, out=run.path if run else None)
+
+
+ATTRIBUTE_DEFINITIONS = {
+    **ATTRIBUTION_DEFINITIONS,
+    "effect": "the exact causal trace's indirect effect of the same cell (same noise draws), with --compare-trace",
+    "spearman": "Spearman rank correlation between a sample's estimate grid and its exact effect grid (all cells)",
+    "top3_recall": "fraction of the exact grid's 3 largest cells among the estimate's 3 largest",
+    "spearman_attn / spearman_attn_linear": "the same over the attn cells only, for estimate (AtP*: softmax "
+    "recomputed) and estimate_linear (softmax linearised)",
+    "cost_ratio": "exact tracing time / attribution time over the same samples (attribution time includes the "
+    "linearised-softmax variant)",
+}
+
+
+@dataclass
+class AttributeResult:
+    """Attribution rows (one per sample × cell), per-sample comparisons (with --compare-trace) and the summary."""
+
+    rows: list[dict[str, Any]]
+    comparisons: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out: Path | None
+
+
+def attribute(
+    model: str,
+    data: str,
+    *,
+    out: Path | str | None = None,
+    limit: int | None = None,
+    kinds: Sequence[str] | str = ("resid", "mlp", "attn"),
+    noise_samples: int = 10,
+    noise: float = 3.0,
+    window: int = 3,
+    seed: int = 0,
+    compare_trace: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> AttributeResult:
+    """Attribution patching over the causal trace's grid for every sample (`vrprobe.tracing.attribution`); with
+    `compare_trace`, the exact trace of the same samples too, and how well the estimate ranks its cells."""
+    checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
+    kinds = kinds.split(",") if isinstance(kinds, str) else kinds
+    cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    config = {"command": "attribute", "model": model, "data": data, "limit": limit, "compare_trace": compare_trace}
+    config.update({**asdict(cfg), **asdict(placement)})
+    dataset = load_dataset(data, limit=limit, seed=seed)
+    adapter = placement.load(model)
+    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    done = {r[0] for r in run.done(("sample_id",), "comparison" if compare_trace else "traces")} if run else set()
+    sigma = measure_sigma(adapter, dataset.samples)
+    attributor, tracer = Attributor(adapter, sigma, cfg), Tracer(adapter, sigma, cfg)
+    rows: list[dict[str, Any]] = []
+    comparisons: list[dict[str, Any]] = []
+    tick = Ticker(progress, f"attribute {model}", len(dataset.samples))
+    for i, sample in enumerate(dataset.samples):
+        if sample.id in done:
+            tick(1)
+            continue
+        t0 = time.perf_counter()
+        est = attributor.attribute(sample, i)
+        seconds = time.perf_counter() - t0
+        new = [{**r, "index": i} for r in est.rows()]
+        if compare_trace:
+            t0 = time.perf_counter()
+            exact = tracer.trace(sample, i)
+            exact_seconds = time.perf_counter() - t0
+            effect = exact.effect
+            for r in new:
+                r["effect"] = float(effect[cfg.kinds.index(r["kind"]), r["layer"], cfg.groups.index(r["group"])])
+            row = {"sample_id": sample.id, "index": i, **compare(effect, est.estimate)}
+            row.update(seconds_attribution=seconds, seconds_exact=exact_seconds)
+            if "attn" in cfg.kinds:
+                k = cfg.kinds.index("attn")
+                row["spearman_attn"] = compare(effect[k], est.estimate[k])["spearman"]
+                linear = est.estimate_linear
+                row["spearman_attn_linear"] = compare(effect[k], linear)["spearman"] if linear is not None else None
+            run.append([row], "comparison") if run else comparisons.append(row)
+        run.append(new, "traces") if run else rows.extend(new)
+        tick(1)
+    if run:
+        rows, comparisons = run.read("traces"), (run.read("comparison") if compare_trace else [])
+    rows.sort(key=lambda r: r["index"])
+    comparisons.sort(key=lambda r: r["index"])
+    summary: dict[str, Any] = {
+        "model": model,
+        "data": data,
+        "n": len(dataset.samples),
+        "sigma": sigma,
+        "config": asdict(cfg),
+        "grid": mean_estimates(rows),
+        "definitions": ATTRIBUTE_DEFINITIONS,
+    }
+    if compare_trace:
+        summary["per_sample"] = comparisons
+        for key in ("spearman", "top3_recall", "spearman_attn", "spearman_attn_linear"):
+            values = [c[key] for c in comparisons if c.get(key) is not None and c[key] == c[key]]
+            summary[key] = float(np.mean(values)) if values else None
+        total_exact = sum(c["seconds_exact"] for c in comparisons)
+        total_attr = sum(c["seconds_attribution"] for c in comparisons)
+        summary["cost_ratio"] = total_exact / total_attr if total_attr > 0 else None
+    if run:
+        run.write_json("summary.json", summary)
+    return AttributeResult(rows=rows, comparisons=comparisons, summary=summary, out=run.path if run else None)
