@@ -51,6 +51,7 @@ def study_dir(tmp_path_factory):
         out=out,
         limit=48,
         trace_limit=3,
+        probe_limit=200,
     )
     return out
 

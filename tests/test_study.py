@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from vrprobe.runs import read_records
 
@@ -53,11 +54,13 @@ def test_study_end_to_end_all_zoo_models(tmp_path):
         "60",
         "--trace-limit",
         "4",
+        "--probe-limit",
+        "300",
         "--out",
         str(out),
     )
     assert res.returncode == 0, res.stderr
-    assert "r(sharp, acc)" in res.stdout and "belief" in res.stdout
+    assert "r(sharp, acc)" in res.stdout and "belief" in res.stdout and "reliability signals" in res.stdout
     summary = json.loads((out / "summary.json").read_text())
     table = summary["table"]
     assert len(table) == 6
@@ -78,3 +81,15 @@ def test_study_end_to_end_all_zoo_models(tmp_path):
     for row in table:
         mine = [r for r in rows if r["model"] == row["model"] and r["data"] == row["data"]]
         assert row["accuracy"] == pytest.approx(sum(r["correct"] for r in mine) / len(mine))
+        # reliability signals: recomputed here with scikit-learn from the records (the probe's training samples are
+        # easy-VQA train, so every test record is held out)
+        assert not any(r["probe_train"] for r in mine) and row["n_held_out"] == 60
+        correct = [r["correct"] for r in mine]
+        if 0 < sum(correct) < len(correct):
+            assert row["auroc_confidence"] == pytest.approx(roc_auc_score(correct, [r["confidence"] for r in mine]))
+            assert row["auroc_sharpness"] == pytest.approx(roc_auc_score(correct, [-r["sharpness"] for r in mine]))
+            assert row["auroc_probe"] == pytest.approx(roc_auc_score(correct, [r["reliability"] for r in mine]))
+            lo, hi = row["auroc_probe_ci"]
+            assert lo <= row["auroc_probe"] <= hi
+        assert row["probe_layer"] == summary["probes"][row["model"]]["layer"]
+        assert {"most_reliable_signal", "probe_beats_confidence"} <= set(row["verdict"])

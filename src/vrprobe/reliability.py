@@ -51,13 +51,17 @@ def probe_split(first: Dataset, limit: int, seed: int) -> list[Sample]:
 
 def train_probe(
     adapter: Adapter, samples: Sequence[Sample], batch_size: int | str, seed: int, progress: Progress | None, stage: str
-) -> ReliabilityProbe:
-    """Fit the correctness probe on the answer-position features of `samples` (one forward per batch)."""
+) -> tuple[ReliabilityProbe | None, str]:
+    """Fit the correctness probe on the answer-position features of `samples` (one forward per batch); (None, why)
+    when the training split has fewer than 2 correct or 2 incorrect answers (then no probe figures are given)."""
     from vrprobe.proxies import collect
 
     train = collect(adapter, samples, batch_size, progress, stage)
     y = np.array([r["correct"] for r in train], dtype=float)
-    return ReliabilityProbe(seed=seed).fit(features(train, "last"), y)
+    right, wrong = int(y.sum()), int(len(y) - y.sum())
+    if min(right, wrong) < 2:
+        return None, f"not trained: {right} correct and {wrong} incorrect answers in the training split"
+    return ReliabilityProbe(seed=seed).fit(features(train, "last"), y), "trained"
 
 
 def selective_stats(records: Sequence[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:

@@ -183,14 +183,14 @@ def study_batch(
     chunk: Sequence[Any],
     edits: list,
     cfg: StudyConfig,
-    probe: ReliabilityProbe,
+    probe: ReliabilityProbe | None,
     probe_ids: set[str],
 ) -> list[dict[str, Any]]:
     """Records of one batch (`indices`: the samples' positions in the dataset): the clean answer with sharpness, the
     margin and the probe's reliability (same forward), and the answer under band corruption."""
     batch = adapter.encode_samples(chunk)
     clean = score_batch(adapter, chunk, batch, max_new_tokens=cfg.max_new_tokens, hidden=True)
-    reliability = probe.predict_proba(features(clean, "last"))
+    reliability = probe.predict_proba(features(clean, "last")) if probe else [float("nan")] * len(clean)
     banded = corrupt_batch(adapter, chunk, edits, cfg.seed, indices[0], batch, max_new_tokens=cfg.max_new_tokens)
     return [
         {
@@ -225,7 +225,7 @@ def table_row(
     recs: list[dict[str, Any]],
     band: dict[str, Any],
     cfg: StudyConfig,
-    probe_layer: int,
+    probe_layer: int | None,
 ) -> dict[str, Any]:
     """One row of the table from the stored records of one model × dataset."""
     conf = np.array([r["confidence"] for r in recs])
@@ -278,12 +278,13 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
                 run.append([bands[spec]], "bands")
         band = bands[spec]
         probe_samples = probe_split(datasets[0], cfg.probe_limit, cfg.seed)
-        probe = train_probe(adapter, probe_samples, cfg.batch_size, cfg.seed, progress, f"probe {spec}")
+        probe, status = train_probe(adapter, probe_samples, cfg.batch_size, cfg.seed, progress, f"probe {spec}")
         probe_ids = {s.id for s in probe_samples}
         probes[spec] = {
-            "layer": probe.best_layer_,
+            "status": status,
+            "layer": probe.best_layer_ if probe else None,
             "n_train": len(probe_samples),
-            "cv_auroc": {str(k): f.cv_auroc for k, f in probe.fits_.items()},
+            "cv_auroc": {str(k): f.cv_auroc for k, f in probe.fits_.items()} if probe else {},
         }
         sigmas = {int(k): v for k, v in json.loads(band["sigmas"]).items()}
         edits = band_edits((band["band_a"], band["band_b"]), "hidden", cfg.band_positions, cfg.noise, sigmas)

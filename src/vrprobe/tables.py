@@ -112,7 +112,7 @@ def reliability_table(rows: Sequence[dict[str, Any]]) -> Table:
             row["data"],
             str(row.get("n_held_out", "")),
             *(auroc_interval_text(row, s) for s in signals),
-            str(row.get("probe_layer", "")),
+            "n/a" if row.get("probe_layer") is None else str(row["probe_layer"]),
             *(sig3(row.get(f"aurc_{s}")) for s in ("confidence", "probe")),
         )
     return t
