@@ -144,6 +144,6 @@ def attribute_cmd(
     if compare_trace:
         line += (
             f"; against the exact trace: Spearman {s['spearman']:.3f}, top-3 recall {s['top3_recall']:.3f}, "
-            f"cost ratio {s['cost_ratio']:.1f}x"
+            f"cost ratio {s['cost_ratio']:.1f}x ({s['cost_ratio_with_linear']:.1f}x with the linearised variant)"
         )
     typer.echo(f"{line} -> {out / 'summary.json'}")

@@ -31,6 +31,7 @@ Gradients are taken in the model's dtype and p in float32, as in the engine.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -78,6 +79,7 @@ class SampleAttribution:
     estimate_linear: torch.Tensor | None
     kinds: tuple[str, ...]
     groups: tuple[str, ...]
+    seconds_linear: float = 0.0  # wall time of the estimate_linear variant alone (inside attribute's time)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per (kind, layer, group), like `SampleTrace.rows()`; `estimate_linear` NaN outside attn."""
@@ -143,10 +145,12 @@ class Attributor:
             for layer in range(L):
                 sites = [layer] if kind == "resid" else window_layers(layer, cfg.window, L)
                 estimate[k, layer] = sum(per_node[(kind, w)] for w in sites)
-        linear = None
+        linear, seconds_linear = None, 0.0
         if self.linear:
+            t0 = time.perf_counter()
             per_layer = linear_attention_sums(a, batch, clean_attn, corrupted_attn, grad, masks, n)
             linear = torch.stack([sum(per_layer[w] for w in window_layers(i, cfg.window, L)) for i in range(L)])
+            seconds_linear = time.perf_counter() - t0
         return SampleAttribution(
             sample_id=sample.id,
             target=target,
@@ -156,6 +160,7 @@ class Attributor:
             estimate_linear=linear,
             kinds=cfg.kinds,
             groups=cfg.groups,
+            seconds_linear=seconds_linear,
         )
 
 
