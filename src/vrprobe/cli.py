@@ -219,7 +219,7 @@ def corrupt_cmd(
     band: Annotated[str, typer.Option(help="Layers A-B (inclusive), or 'auto': the band causal tracing finds.")],
     target: Annotated[str, typer.Option(help="hidden, attention or both.")] = "hidden",
     noise: Annotated[float, typer.Option(help="k: noise k·σ_l on hidden states, std k on attention logits.")] = 3.0,
-    positions: Annotated[str, typer.Option(help="Token positions corrupted: image or all.")] = "image",
+    positions: Annotated[str, typer.Option(help="Token positions corrupted: image, all or non_image.")] = "image",
     limit: Limit = None,
     trace_limit: Annotated[int, typer.Option(help="Samples traced to find the band with --band auto.")] = 20,
     batch_size: BatchSize = "32",
@@ -273,7 +273,9 @@ def study_cmd(
     probe_limit: Annotated[
         int, typer.Option(help="Training samples of the reliability probe (easy-VQA: from its train set).")
     ] = 1000,
-    band_positions: Annotated[str, typer.Option(help="Positions corrupted in the band: all or image.")] = "all",
+    band_positions: Annotated[
+        str, typer.Option(help="Positions corrupted in the band: all, image or non_image.")
+    ] = "all",
     noise: Annotated[float, typer.Option(help="Noise k for tracing and band corruption.")] = 3.0,
     batch_size: BatchSize = "32",
     seed: Seed = 0,
@@ -384,7 +386,7 @@ def zoo_train(
 
 def _register() -> None:
     """Commands defined beside this module (they import its options and `app`)."""
-    from vrprobe import cli_proxies  # noqa: F401  (registers `probe` and `attribute`)
+    from vrprobe import cli_knockout, cli_proxies  # noqa: F401  (register `knockout`, `probe` and `attribute`)
 
 
 def main() -> None:

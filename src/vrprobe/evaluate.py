@@ -39,6 +39,7 @@ DEFINITIONS = {
     "sharpness": "entropy (nats) of the answer (last) position's attention over the image tokens, renormalised over "
     "them, averaged over heads and then layers; lower = sharper",
     "sharpness_norm": "sharpness / log(#image tokens), in [0, 1]",
+    "entropy_by_layer / entropy_by_head": "the same entropy per layer (mean over heads) and per layer and head",
     "margin": "top-1 minus top-2 log-probability over the candidate answers (nats; closed set only)",
 }
 
@@ -118,6 +119,7 @@ def score_batch(
             r["sharpness"] = float(by_layer.mean())
             r["sharpness_norm"] = float(normalised_entropy(by_layer.mean(), int(n_image[i])))
             r["entropy_by_layer"] = [float(x) for x in by_layer]
+            r["entropy_by_head"] = entropy[:, i].tolist()
     return records
 
 

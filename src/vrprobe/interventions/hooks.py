@@ -150,8 +150,9 @@ def intervene(
     by_target: dict[tuple[str, int], list[tuple[Any, torch.Tensor, torch.Generator]]] = {}
     for i, (site, op) in enumerate(edits):
         rng = generator(seed, i)
+        bound = op.bind(groups) if isinstance(op, AttentionIntervention) else op
         for layer in site.layers or (0,):
-            by_target.setdefault((site.component, layer), []).append((op, site.mask(groups), rng))
+            by_target.setdefault((site.component, layer), []).append((bound, site.mask(groups), rng))
     recorded: dict[tuple[str, int], list[Site]] = {}
     for site in record:
         for layer in site.layers or (0,):

@@ -123,7 +123,12 @@ class Mean(HiddenIntervention):
 
 
 class AttentionIntervention:
-    """Base of attention perturbations: identity on logits and probabilities; a subclass overrides one or both."""
+    """Base of attention perturbations: identity on logits and probabilities; a subclass overrides one or both.
+    `bind(groups)` gives the object used in one forward (default itself): a subclass that names token positions
+    resolves them there against that forward's token groups."""
+
+    def bind(self, groups: Any) -> AttentionIntervention:
+        return self
 
     def on_logits(self, logits: torch.Tensor, mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         return logits
@@ -173,16 +178,44 @@ class UniformMix(AttentionIntervention):
 
 @dataclass
 class Knockout(AttentionIntervention):
-    """Cross-modal knockout: attention from the masked query rows to the image-token keys set to 0, each row
-    renormalised over its remaining keys. A row with nothing left to attend to is an error."""
+    """Attention knockout: attention from the masked query rows to the keys at `keys` (a position set of
+    `vrprobe.interventions.sites`: default `image`, cross-modal knockout; `text`, `last`, …) set to 0, each row
+    renormalised over its remaining keys, which equals setting those scores to −inf before softmax (Geva et al. 2023).
+    The position set is resolved against each forward's token groups (`bind`). A row left with no key at all (e.g.
+    the last position with image, text and last blocked) gets all-zero weights: it reads nothing, and the attention
+    block adds only its output projection's bias there."""
+
+    keys: str = "image"
+
+    def __post_init__(self) -> None:
+        from vrprobe.interventions.sites import POSITIONS
+
+        if self.keys not in POSITIONS:
+            raise UsageError(f"unknown knockout keys '{self.keys}' (known: {', '.join(POSITIONS)})")
+
+    def bind(self, groups: Any) -> AttentionIntervention:
+        from vrprobe.interventions.sites import positions_mask
+
+        return _BlockKeys(positions_mask(self.keys, groups))
+
+
+@dataclass
+class _BlockKeys(AttentionIntervention):
+    """`Knockout` bound to one batch: `keys` [B, S] the blocked keys."""
+
+    keys: torch.Tensor
 
     def on_probs(
         self, probs: torch.Tensor, mask: torch.Tensor, image_keys: torch.Tensor, allowed: torch.Tensor
     ) -> torch.Tensor:
-        drop = mask[:, None, :, None].to(probs.device) & image_keys[:, None, None, :].to(probs.device)
+        if self.keys.shape != (probs.shape[0], probs.shape[-1]):
+            raise UsageError(
+                f"knockout keys of shape {tuple(self.keys.shape)} for attention of {probs.shape[0]} rows of "
+                f"{probs.shape[-1]} keys"
+            )
+        drop = mask[:, None, :, None].to(probs.device) & self.keys[:, None, None, :].to(probs.device)
         kept = probs.masked_fill(drop, 0.0)
         total = kept.sum(-1, keepdim=True)
         rows = mask[:, None, :, None].to(probs.device).expand_as(total)
-        if bool(((total <= 0) & rows).any()):
-            raise UsageError("knockout leaves a query row with no key to attend to (it sees only image tokens)")
+        # a row left with no key reads nothing: all-zero weights (see the docstring)
         return torch.where(rows, kept / total.clamp_min(torch.finfo(probs.dtype).tiny), probs)

@@ -13,14 +13,18 @@ from vrprobe.models.base import GROUPS, TokenGroups
 #: resid: a decoder layer's output; attn / mlp: the attention / MLP block's output inside a layer (before it is added
 #: to the residual stream); attn_probs: the attention probabilities [B, heads, query, key] of a layer.
 COMPONENTS = ("embed", "resid", "attn", "mlp", "attn_probs")
-POSITIONS = (*GROUPS, "all")
+#: derived position sets: `text` every real position that is neither an image token nor the last (the question's words
+#: and the prompt template's: BOS, "USER:", "ASSISTANT", vision start/end markers), so that image, text and last
+#: partition the prompt; `non_image` every real position that is not an image token (text and the last).
+DERIVED = ("text", "non_image")
+POSITIONS = (*GROUPS, "all", *DERIVED)
 
 
 @dataclass(frozen=True)
 class Site:
-    """Layer(s) × component × positions. `positions` is a token group name (`image`, `question`, `last`, `all`) or
-    explicit indices into each row's own unpadded sequence (negative counts from the end). For `attn_probs` the
-    positions select query rows. `layers` is ignored for `embed`."""
+    """Layer(s) × component × positions. `positions` is a token group name (`image`, `question`, `last`), `all`, a
+    `DERIVED` set (`text`, `non_image`) or explicit indices into each row's own unpadded sequence (negative counts
+    from the end). For `attn_probs` the positions select query rows. `layers` is ignored for `embed`."""
 
     component: str
     layers: tuple[int, ...] = ()
@@ -57,6 +61,10 @@ def positions_mask(positions: str | tuple[int, ...], groups: TokenGroups) -> tor
     """[B, T] mask for a group name or explicit per-row indices (offset by each row's left padding)."""
     if positions == "all":
         return groups.valid.clone()
+    if positions == "non_image":
+        return groups.valid & ~groups.image
+    if positions == "text":
+        return groups.valid & ~groups.image & ~groups.last
     if isinstance(positions, str):
         return groups.mask(positions).clone()
     mask = torch.zeros_like(groups.valid)

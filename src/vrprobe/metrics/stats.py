@@ -189,3 +189,45 @@ def correlation(
         a, b = (stats.rankdata(xa), stats.rankdata(ya)) if spearman else (xa, ya)
         result.p = float(_permutation_p(a, b, n_perm, rng))
     return result
+
+
+def mean_interval(
+    values: ArrayLike, n_boot: int = 1000, confidence_level: float = 0.95, seed: int = 0
+) -> tuple[float | None, tuple[float | None, float | None]]:
+    """The mean of `values` with a percentile-bootstrap interval: ``n_boot`` resamples of the values with replacement
+    (one ``np.random.default_rng(seed)``), the (1−level)/2 and (1+level)/2 quantiles of their means. None for an
+    empty input (and a None interval for n_boot = 0)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return None, (None, None)
+    mean = float(v.mean())
+    if n_boot <= 0:
+        return mean, (None, None)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, _CHUNK_ELEMENTS // v.size)
+    for start in range(0, n_boot, step):
+        k = min(step, n_boot - start)
+        means[start : start + k] = v[rng.integers(0, v.size, size=(k, v.size))].mean(1)
+    lo, hi = np.quantile(means, [(1 - confidence_level) / 2, (1 + confidence_level) / 2])
+    return mean, (float(lo), float(hi))
+
+
+def benjamini_hochberg(p: ArrayLike) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (q-values) of a family of m tests: q_(i) = min over j ≥ i of
+    min(1, m·p_(j) / j) for the p-values sorted ascending, returned in the input order; rejecting q < α controls the
+    false discovery rate at α for independent or positively dependent tests. NaN p-values are left out of the family
+    (and stay NaN)."""
+    pa = np.asarray(p, dtype=np.float64)
+    q = np.full(pa.shape, np.nan)
+    ok = np.isfinite(pa)
+    m = int(ok.sum())
+    if m == 0:
+        return q
+    order = np.argsort(pa[ok], kind="stable")
+    ranked = pa[ok][order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    out = np.empty(m)
+    out[order] = adjusted
+    q[ok] = out
+    return q
