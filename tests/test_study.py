@@ -93,3 +93,17 @@ def test_study_end_to_end_all_zoo_models(tmp_path):
             assert lo <= row["auroc_probe"] <= hi
         assert row["probe_layer"] == summary["probes"][row["model"]]["layer"]
         assert {"most_reliable_signal", "probe_beats_confidence"} <= set(row["verdict"])
+        # issue 14: integration layers beside the band, the band's rank in its sweep, per-head sharpness
+        assert set(row["integration_layers"]) == {"image->question", "image->last"}
+        sweep = summary["band_sweep"][row["model"]]
+        assert row["band_rank"] == 1 + sum(
+            b["drop_abs"] > d
+            for b in sweep["bands"]
+            for d in [next(x["drop_abs"] for x in sweep["bands"] if x["band"] == row["band"])]
+        )
+        heads = summary["heads"][f"{row['model']} · {row['data']}"]
+        assert {c["head"] for c in heads} >= {0, "mean"} and row["head_sharpness"]["n_tests"] <= len(heads)
+        assert {"causal_band_special", "heads_predicting_correctness"} <= set(row["verdict"])
+    for model, ko in summary["knockout"].items():
+        assert {w["edge"] for w in ko["windows"]} == {"image->question", "image->last", "question->last", "last->last"}
+        assert all({"band", "accuracy", "drop_abs"} <= set(b) for b in summary["band_sweep"][model]["bands"])

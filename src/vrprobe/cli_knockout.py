@@ -59,7 +59,8 @@ def knockout_cmd(
 
     Example: vrprobe knockout --model zoo:llava --data easy-vqa:test --out runs/ko-llava --limit 200
     """
-    from vrprobe.knockout import describe_integration, knockout
+    from vrprobe.knockout import knockout
+    from vrprobe.tables import integration_text
 
     with Bars() as bars:
         r = knockout(
@@ -77,7 +78,7 @@ def knockout_cmd(
         )
     s = r.summary
     line = f"{model}: n={s['n']} accuracy {s['accuracy_clean']:.3f}; integration layers: "
-    typer.echo(line + describe_integration(s["integration_layers"]))
+    typer.echo(line + integration_text(s["integration_layers"]))
     if "accuracy_knocked_out" in s:
         typer.echo(f"  every listed edge blocked at every layer: accuracy {s['accuracy_knocked_out']:.3f}")
         for name in ("knocked_out", "blank"):

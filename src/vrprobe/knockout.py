@@ -252,17 +252,6 @@ def integration_layers(effects: Sequence[dict[str, Any]], edges: Sequence[str] =
     return out
 
 
-def describe_integration(layers: dict[str, Any]) -> str:
-    """One table cell: 'image->question 1-2 (to 3-4); image->last …' (peak window, then the last significant)."""
-    parts = []
-    for edge, v in layers.items():
-        text = f"{edge} {v['peak'][0]}-{v['peak'][1]}"
-        if v["last"]:
-            text += f" (to {v['last'][0]}-{v['last'][1]})"
-        parts.append(text)
-    return "; ".join(parts) or "none"
-
-
 def knockout_summary(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], n_boot: int, seed: int) -> dict:
     """The aggregates of a knockout run: windows, integration_layers, accuracy_clean (and by type), and where the
     records hold them the full-knockout and blank-image accuracies."""

@@ -19,11 +19,15 @@ import torch
 
 from vrprobe.band import AUTO_GROUPS, auto_band, band_edits, corrupt_batch, layer_sigmas
 from vrprobe.batching import choose_batch_size, run_batches
+from vrprobe.controls import DEFINITIONS as CONTROL_DEFINITIONS
+from vrprobe.controls import controls_verdict, run_controls
 from vrprobe.data import Dataset, load_dataset, stratified_subset
 from vrprobe.devices import Placement
 from vrprobe.devices import facts as device_facts
 from vrprobe.evaluate import score_batch
+from vrprobe.knockout import DEFINITIONS as KNOCKOUT_DEFINITIONS
 from vrprobe.metrics.calibration import calibration_summary
+from vrprobe.metrics.heads import head_sharpness
 from vrprobe.metrics.stats import correlation
 from vrprobe.models import Adapter
 from vrprobe.probe import ReliabilityProbe, features
@@ -63,7 +67,15 @@ DEFINITIONS = {
     "r_sharpness_overconfidence does not, contradicted when r_sharpness_accuracy counts as negative or "
     f"r_sharpness_overconfidence as positive; attention 'stays focused' when band corruption changes mean "
     f"normalised entropy by less than {FOCUS_TOLERANCE}",
+    "head_sharpness": "r(sharp, correct) and r(sharp, overconfidence) for every layer and head (and layer mean), "
+    "Benjamini-Hochberg q over that family; a head predicts correctness when q < 0.05 and r > 0",
     **RELIABILITY_DEFINITIONS,
+    **CONTROL_DEFINITIONS,
+    **{
+        f"knockout {k}": v
+        for k, v in KNOCKOUT_DEFINITIONS.items()
+        if k not in ("accuracy_knocked_out", "accuracy_blank")
+    },
 }
 
 
@@ -206,6 +218,7 @@ def study_batch(
             "overconfidence": max(r["confidence"] - r["correct"], 0.0),
             "sharpness": r["sharpness"],
             "sharpness_norm": r["sharpness_norm"],
+            "entropy_by_head": r["entropy_by_head"],
             "margin": r.get("margin", float("nan")),
             "reliability": float(rel),
             "probe_train": r["sample_id"] in probe_ids,
@@ -226,8 +239,9 @@ def table_row(
     band: dict[str, Any],
     cfg: StudyConfig,
     probe_layer: int | None,
+    controls: dict[str, Any],
 ) -> dict[str, Any]:
-    """One row of the table from the stored records of one model × dataset."""
+    """One row of the table from the stored records of one model × dataset (`controls`: the model's, decoded)."""
     conf = np.array([r["confidence"] for r in recs])
     correct = np.array([r["correct"] for r in recs])
     cal = calibration_summary(conf, correct)
@@ -255,8 +269,16 @@ def table_row(
         "reliability_diagram": cal["diagram"],
         "probe_layer": probe_layer,
         **selective_stats(recs, cfg.n_boot, cfg.seed),
+        "integration_layers": controls["knockout"]["integration_layers"],
+        "band_rank": controls["band_sweep"]["band_rank"],
     }
-    row["verdict"] = {**verdict(row, int(recs[0]["n_image_tokens"])), **reliability_verdict(row)}
+    heads = head_sharpness(recs, ALPHA)
+    row["head_sharpness"] = {k: v for k, v in heads.items() if k != "cells"}
+    n_image = int(recs[0]["n_image_tokens"])
+    row["verdict"] = {**verdict(row, n_image), **reliability_verdict(row), **controls_verdict(controls, n_image)}
+    row["verdict"]["heads_predicting_correctness"] = heads["predicts_correctness"]
+    row["verdict"]["heads_going_with_errors"] = heads["goes_with_errors"]
+    row["heads"] = heads["cells"]
     return row
 
 
@@ -264,6 +286,7 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
     """Run (or resume, when `run` already holds results) the whole study; see the module docstring."""
     datasets = [load_dataset(spec, limit=cfg.limit, seed=cfg.seed) for spec in cfg.data]
     bands = {b["model"]: b for b in (run.read("bands") if run else [])}
+    controls = {c["model"]: c for c in (run.read("controls") if run else [])}
     done = run.done(("model", "data", "sample_id")) if run else set()
     records: list[dict[str, Any]] = []
     facts: dict[str, dict[str, Any]] = {}
@@ -277,6 +300,22 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
             if run:
                 run.append([bands[spec]], "bands")
         band = bands[spec]
+        if spec not in controls:
+            controls[spec] = run_controls(
+                adapter,
+                spec,
+                datasets[0],
+                (band["band_a"], band["band_b"]),
+                trace_limit=cfg.trace_limit,
+                positions=cfg.band_positions,
+                noise=cfg.noise,
+                seed=cfg.seed,
+                batch_size=choose_batch_size(adapter, datasets[0].samples, cfg.batch_size),
+                n_boot=cfg.n_boot,
+                progress=progress,
+            )
+            if run:
+                run.append([controls[spec]], "controls")
         probe_samples = probe_split(datasets[0], cfg.probe_limit, cfg.seed)
         probe, status = train_probe(adapter, probe_samples, cfg.batch_size, cfg.seed, progress, f"probe {spec}")
         probe_ids = {s.id for s in probe_samples}
@@ -303,11 +342,16 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
         records = run.read()
     order = {(m, d): (i, j) for i, m in enumerate(cfg.models) for j, d in enumerate(cfg.data)}
     records.sort(key=lambda r: (*order[(r["model"], r["data"])], r["index"]))
+    decoded = {
+        m: {k: json.loads(c[k]) for k in ("knockout", "band_sweep", "band_non_image")} for m, c in controls.items()
+    }
     table = []
     for spec in cfg.models:
         for data in cfg.data:
             recs = [r for r in records if r["model"] == spec and r["data"] == data]
-            table.append(table_row(spec, facts[spec], data, recs, bands[spec], cfg, probes[spec]["layer"]))
+            row = table_row(spec, facts[spec], data, recs, bands[spec], cfg, probes[spec]["layer"], decoded[spec])
+            table.append(row)
+    heads = {f"{row['model']} · {row['data']}": row.pop("heads") for row in table}
     traces = {
         m: {"sigma": b["sigma"], "n": b["n"], "grid": json.loads(b["grid"]), "band": [b["band_a"], b["band_b"]]}
         for m, b in bands.items()
@@ -317,6 +361,10 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
         "config": asdict(cfg),
         "traces": traces,
         "probes": probes,
+        "knockout": {m: c["knockout"] for m, c in decoded.items() if m in cfg.models},
+        "band_sweep": {m: c["band_sweep"] for m, c in decoded.items() if m in cfg.models},
+        "band_non_image": {m: c["band_non_image"] for m, c in decoded.items() if m in cfg.models},
+        "heads": heads,
         "definitions": DEFINITIONS,
         "verdict": {f"{row['model']} · {row['data']}": row["verdict"] for row in table},
     }

@@ -72,6 +72,7 @@ def study_table(rows: Sequence[dict[str, Any]]) -> Table:
         "band",
         "drop",
         "entropy clean→band",
+        "integration layers",
     ):
         t.add_column(col, justify="left" if col in ("model", "data") else "right")
     for row in rows:
@@ -88,8 +89,22 @@ def study_table(rows: Sequence[dict[str, Any]]) -> Table:
             f"{row['band'][0]}-{row['band'][1]}",
             f"{row['drop_abs']:.3f} ({row['drop_rel']:.0%})",
             f"{row['sharpness_clean']:.3f}→{row['sharpness_corrupted']:.3f}",
+            integration_text(row.get("integration_layers")),
         )
     return t
+
+
+def integration_text(layers: dict[str, Any] | None) -> str:
+    """'i→q 0-1 (to 5-6); i→l 0-1 (to 1-2)': per image edge the knockout window that hurts most and the deepest one
+    whose interval excludes 0; 'n/a' when not measured."""
+    if not layers:
+        return "n/a"
+    short = {"image->question": "i→q", "image->last": "i→l"}
+    parts = []
+    for edge, v in layers.items():
+        text = f"{short.get(edge, edge)} {v['peak'][0]}-{v['peak'][1]}"
+        parts.append(text + (f" (to {v['last'][0]}-{v['last'][1]})" if v.get("last") else ""))
+    return "; ".join(parts)
 
 
 def auroc_interval_text(row: dict[str, Any], signal: str) -> str:
@@ -137,6 +152,21 @@ def verdict_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
                 f"; most reliable signal: {v['most_reliable_signal'] or 'none (AUROC intervals overlap)'}; "
                 f"probe beats confidence: {v['probe_beats_confidence']}"
                 if "most_reliable_signal" in v
+                else ""
+            )
+            + (
+                f"; integration layers {integration_text(row.get('integration_layers'))} beside band "
+                f"{row['band'][0]}-{row['band'][1]} (rank {v['causal_band_rank']} of its sweep by accuracy drop); "
+                f"heads whose sharpness predicts correctness (BH q < 0.05): "
+                f"{', '.join(v['heads_predicting_correctness']) or 'none'}"
+                + (
+                    f", going with errors: {', '.join(v['heads_going_with_errors'])}"
+                    if v["heads_going_with_errors"]
+                    else ""
+                )
+                + f"; corrupting non-image positions: accuracy drop {v['non_image_drop_abs']:+.3f}, Δ normalised "
+                f"entropy {v['non_image_entropy_change']:+.3f}"
+                if "causal_band_rank" in v
                 else ""
             )
         )

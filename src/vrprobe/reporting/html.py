@@ -19,7 +19,7 @@ import jinja2
 
 from vrprobe.errors import VrprobeError
 from vrprobe.metrics.calibration import reliability_diagram
-from vrprobe.reporting import plots
+from vrprobe.reporting import flow, plots
 from vrprobe.runs import atomic_write, read_records
 from vrprobe.study import ALPHA
 from vrprobe.tables import p_value, params, r_interval, sig3
@@ -327,10 +327,14 @@ def _model_sections(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
             title = f"{model} · {row['data']}"
             tag = "shifted" if _shifted(row["data"]) else "clean"
             columns.append(Column(row["data"], tag, stats, _figures(title, recs, row)))
+            heads = flow.heads_cells(summary, title)
+            if heads:
+                columns[-1].plots.append(Plot(f"heads {title}", flow.head_heatmap(heads, "r(sharp, correct) per head")))
         trace = summary.get("traces", {}).get(model, {})
         traced = _trace(model, trace.get("grid"))
         if traced:  # traced on the study's first dataset: its column
             columns[0].plots.append(traced)
+        columns[0].plots += [Plot(name, png) for name, png in flow.model_plots(summary, model)]
         facts = f"{params(rows[0].get('params'))} parameters · {rows[0].get('family', '')}"
         if rows[0].get("band"):
             facts += f" · circuit band: layers {_cell_value(rows[0]['band'])}"
@@ -393,6 +397,7 @@ def render(out: Path) -> str:
             f" · n = {ns[0] if len(ns) == 1 else f'{ns[0]}–{ns[-1]}'} per cell"
         )
         page["headline"], page["verdict_rows"] = _verdict(table) if all("verdict" in r for r in table) else ([], [])
+        page["headline"] += flow.headline(table, summary)
         page["overview"] = _overview(table)
         page["auroc_overview"] = _auroc_overview(table)
         page["verdict_header"] = [Cell(h, cls="l") for h in VERDICT_HEADER]
