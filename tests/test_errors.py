@@ -235,6 +235,13 @@ MORE_CASES = [
     ("stage-steps-negative", ["zoo", "train", "llava", "--stage1-steps", "-1"], 2, "--stage1-steps"),
     ("zoo-train-unknown", ["zoo", "train", "gpt2"], 2, "unknown zoo model"),
     ("zoo-train-out-file", ["zoo", "train", "llava", "--out", "FILE"], 1, "not a directory"),
+    ("knockout-window-0", ["knockout", *MODEL, "--window", "0"], 2, "--window must be a positive number"),
+    ("knockout-window-word", ["knockout", *MODEL, "--window", "most"], 2, "--window must be a positive number"),
+    ("knockout-window-wide", ["knockout", *MODEL, "--limit", "2", "--window", "9"], 2, "wider than the model's 8"),
+    ("knockout-edge", ["knockout", *MODEL, "--edges", "image->answer"], 2, "unknown edge 'image->answer'"),
+    ("knockout-edges-empty", ["knockout", *MODEL, "--edges", ","], 2, "--edges names no edge"),
+    ("knockout-limit-0", ["knockout", *MODEL, "--limit", "0"], 2, "--limit"),
+    ("knockout-batch-size-0", ["knockout", *MODEL, "--batch-size", "0"], 2, "--batch-size"),
     ("report-missing", ["report", "NOWHERE"], 1, "has no summary.json"),
     ("show-missing", ["show", "NOWHERE"], 1, "has no summary.json"),
 ]
