@@ -51,7 +51,7 @@ from vrprobe.interventions.ops import AttentionIntervention
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.base import Adapter, Batch
 from vrprobe.progress import Progress, Ticker
-from vrprobe.tracing.engine import TraceConfig, Tracer, measure_sigma
+from vrprobe.tracing.engine import TraceConfig, Tracer, mean_grid, measure_sigma
 from vrprobe.tracing.replay import CACHE_KWARGS, run_layers
 from vrprobe.tracing.restoration import window_layers
 
@@ -316,17 +316,8 @@ class DatasetAttribution:
 
 
 def mean_estimates(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean `estimate` (and `estimate_linear`) over samples per (kind, layer, group), from `SampleAttribution.rows()`,
-    in the order the cells first appear."""
-    cells: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
-    for r in rows:
-        key = (r["kind"], int(r["layer"]), r["group"])
-        cells.setdefault(key, []).append((float(r["estimate"]), float(r["estimate_linear"])))
-    return [
-        {"kind": k, "layer": layer, "group": g, "estimate": sum(e for e, _ in v) / len(v)}
-        | {"estimate_linear": sum(e for _, e in v) / len(v)}
-        for (k, layer, g), v in cells.items()
-    ]
+    """Mean `estimate` and `estimate_linear` over samples per (kind, layer, group) (`mean_grid` over those columns)."""
+    return mean_grid(rows, ("estimate", "estimate_linear"))
 
 
 def attribute_dataset(

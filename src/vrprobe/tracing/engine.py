@@ -227,13 +227,17 @@ class DatasetTrace:
     grid: list[dict[str, Any]] = field(default_factory=list)
 
 
-def mean_grid(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The circuit: mean indirect effect over samples for each (kind, layer, group), from trace rows
-    (`SampleTrace.rows()` or a run's `traces/*.parquet`), in the order the cells first appear."""
-    cells: dict[tuple[str, int, str], list[float]] = {}
+def mean_grid(rows: Sequence[dict[str, Any]], values: Sequence[str] = ("effect",)) -> list[dict[str, Any]]:
+    """The circuit: the mean over samples of each column in `values` (default the indirect effect) for each (kind,
+    layer, group), from trace rows (`SampleTrace.rows()` or a run's `traces/*.parquet`; attribution rows with
+    `values=("estimate", "estimate_linear")`), in the order the cells first appear."""
+    cells: dict[tuple[str, int, str], list[list[float]]] = {}
     for r in rows:
-        cells.setdefault((r["kind"], int(r["layer"]), r["group"]), []).append(float(r["effect"]))
-    return [{"kind": k, "layer": layer, "group": g, "effect": sum(v) / len(v)} for (k, layer, g), v in cells.items()]
+        cells.setdefault((r["kind"], int(r["layer"]), r["group"]), []).append([float(r[v]) for v in values])
+    return [
+        {"kind": k, "layer": layer, "group": g} | {v: sum(x[i] for x in xs) / len(xs) for i, v in enumerate(values)}
+        for (k, layer, g), xs in cells.items()
+    ]
 
 
 def trace_dataset(
