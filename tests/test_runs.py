@@ -21,7 +21,7 @@ STUDY = [
     "--data",
     "easy-vqa:test,easy-vqa:test?noise=0.3",
     "--limit",
-    "160",
+    "80",
     "--trace-limit",
     "6",
     "--batch-size",
@@ -55,13 +55,13 @@ def test_kill_9_mid_study_then_resume_matches_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = read_records(killed)  # every part file written so far is readable
-    assert 0 < len(before) < 4 * 160
+    assert 0 < len(before) < 4 * 80
     assert not (killed / "summary.json").exists()
     res = subprocess.run(cli(*STUDY, "--out", str(killed)), env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     after = read_records(killed)
     keys = Counter((r["model"], r["data"], r["sample_id"]) for r in after)
-    assert len(keys) == 4 * 160 and max(keys.values()) == 1  # none lost, none duplicated
+    assert len(keys) == 4 * 80 and max(keys.values()) == 1  # none lost, none duplicated
     assert {(r["model"], r["data"], r["sample_id"]) for r in before} <= set(keys)
     a = json.loads((whole / "summary.json").read_text())
     b = json.loads((killed / "summary.json").read_text())
