@@ -203,7 +203,7 @@ MORE_CASES = [
     ("device-map-unknown", ["study", *STUDY, "--device-map", "balanced"], 2, "unknown --device-map"),
     ("batch-size-word", ["eval", *MODEL, "--batch-size", "many"], 2, "--batch-size must be an integer"),
     ("max-pixels-zero", ["eval", *MODEL, "--max-pixels", "0"], 2, "--max-pixels must be an integer >= 1"),
-    ("max-pixels-llava", ["eval", *MODEL, "--max-pixels", "1024"], 2, "apply to Qwen2-VL only"),
+    ("max-pixels-llava", ["eval", *MODEL, "--max-pixels", "1024"], 2, "native-resolution image processors only"),
     ("seed-negative", ["eval", *MODEL, "--seed", "-1"], 2, "--seed must be an integer in [0, 4294967295]"),
     ("seed-huge", ["eval", *MODEL, "--seed", str(2**70)], 2, "--seed"),
     ("image-ablation", ["eval", *MODEL, "--image-ablation", "grey"], 2, "unknown image ablation"),

@@ -87,7 +87,7 @@ def test_qwen2vl_pixel_limits_change_the_image_tokens():
     native = load_adapter("zoo:qwen2vl").encode([image], ["what shape is this?"])
     small = load_adapter("zoo:qwen2vl", min_pixels=16 * 16, max_pixels=32 * 32).encode([image], ["what shape is this?"])
     assert int(native.groups.image.sum()) == 16 and int(small.groups.image.sum()) == 4
-    with pytest.raises(UsageError, match="apply to Qwen2-VL only"):
+    with pytest.raises(UsageError, match="native-resolution image processors only"):
         load_adapter("zoo:llava", max_pixels=1024)
     with pytest.raises(UsageError, match="--min-pixels 5000 is above --max-pixels 1024"):
         load_adapter("zoo:qwen2vl", min_pixels=5000, max_pixels=1024)

@@ -85,6 +85,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     device_map: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    trust_remote_code: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
@@ -92,7 +93,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.evaluate`)."""
     checks.options(limit=limit, seed=seed, max_new_tokens=max_new_tokens)
     batch_size = batch_size_option(batch_size)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {
         "command": "eval",
         "model": model,
@@ -148,6 +149,7 @@ def trace(
     device_map: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    trust_remote_code: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
@@ -156,7 +158,7 @@ def trace(
     checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
     kinds = kinds.split(",") if isinstance(kinds, str) else kinds  # trace(kinds="resid,mlp") as on the CLI
     cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {"command": "trace", "model": model, "data": data, "limit": limit, **asdict(cfg), **asdict(placement)}
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
@@ -205,6 +207,7 @@ def corrupt(
     device_map: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    trust_remote_code: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
@@ -214,7 +217,7 @@ def corrupt(
     batch_size = batch_size_option(batch_size)
     checks.band_spec(band)
     check_band_options(target, positions)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {
         "command": "corrupt",
         "model": model,
@@ -311,6 +314,7 @@ def study(
     device_map: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    trust_remote_code: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
@@ -325,9 +329,9 @@ def study(
         max_new_tokens=max_new_tokens,
     )
     batch_size = batch_size_option(batch_size)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     for spec in checks.spec_list("--models", models):  # a typo in the last model fails now, not after the first
-        checks.model_spec(spec)
+        checks.model_spec(spec, trust_remote_code=trust_remote_code)
     checks.spec_list("--data", data)
 
     def split(x: Sequence[str] | str) -> tuple[str, ...]:

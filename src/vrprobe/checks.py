@@ -132,12 +132,12 @@ def spec_list(name: str, specs: Sequence[str] | str) -> tuple[str, ...]:
     return out
 
 
-def model_spec(spec: str) -> None:
-    """Refuse a model spec that does not resolve to a model directory of a supported family (reads `config.json`
-    only: no weights are loaded)."""
+def model_spec(spec: str, *, trust_remote_code: bool = False) -> None:
+    """Refuse a model spec that does not resolve to a model directory of a supported family (reads the config only:
+    no weights are loaded)."""
     from vrprobe.registry import family_of, resolve
 
-    family_of(resolve(spec))
+    family_of(resolve(spec), trust_remote_code=trust_remote_code)
 
 
 def finite_logits(logits: torch.Tensor, sample_ids: Sequence[str], *, model: str = "", what: str = "logits") -> None:

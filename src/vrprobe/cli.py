@@ -24,8 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="vrprobe: when should you trust a vision-language model's answer?",
 )
-zoo_app = typer.Typer(no_args_is_help=True, help="The built-in zoo of tiny trained models.")
-app.add_typer(zoo_app, name="zoo")
 err = Console(stderr=True)
 STATE = {"quiet": False}
 #: typer vendors its own click; its usage errors derive from this class (found through a public typer name)
@@ -52,10 +50,19 @@ DeviceMap = Annotated[
     str | None, typer.Option(help="'auto': accelerate spreads a model too large for one device over GPUs and CPU RAM.")
 ]
 MinPixels = Annotated[
-    int | None, typer.Option(help="Qwen2-VL: fewest pixels an image is resized to (default: the checkpoint's).")
+    int | None,
+    typer.Option(help="Qwen2-VL, Qwen2.5-VL, Qwen3-VL: fewest pixels an image is resized to (default: checkpoint's)."),
 ]
 MaxPixels = Annotated[
-    int | None, typer.Option(help="Qwen2-VL: most pixels an image is resized to (default: the checkpoint's).")
+    int | None,
+    typer.Option(help="Qwen2-VL, Qwen2.5-VL, Qwen3-VL: most pixels an image is resized to (default: checkpoint's)."),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Run Python code shipped with the checkpoint (a model type transformers does not know). Off by default.",
+    ),
 ]
 MaxNewTokens = Annotated[int, typer.Option(help="Greedy answer length limit for open-ended datasets (VQA v2, OK-VQA).")]
 
@@ -104,7 +111,14 @@ def root(
     STATE["quiet"] = quiet
 
 
-def _placement(device: str, dtype: str, device_map: str | None, min_pixels: int | None, max_pixels: int | None):
+def _placement(
+    device: str,
+    dtype: str,
+    device_map: str | None,
+    min_pixels: int | None,
+    max_pixels: int | None,
+    trust_remote_code: bool = False,
+):
     """The load options every model command passes on to the API unchanged."""
     return {
         "device": device,
@@ -112,6 +126,7 @@ def _placement(device: str, dtype: str, device_map: str | None, min_pixels: int 
         "device_map": device_map,
         "min_pixels": min_pixels,
         "max_pixels": max_pixels,
+        "trust_remote_code": trust_remote_code,
     }
 
 
@@ -134,6 +149,7 @@ def eval_cmd(
     device_map: DeviceMap = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Score a model: prediction, confidence, correctness and attention sharpness per sample, accuracy by type.
@@ -152,7 +168,7 @@ def eval_cmd(
             seed=seed,
             image_ablation=image_ablation,
             max_new_tokens=max_new_tokens,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels),
+            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
             overwrite=overwrite,
             progress=bars,
         )
@@ -178,6 +194,7 @@ def trace_cmd(
     device_map: DeviceMap = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Causal tracing: clean, corrupted (noise on image-token embeddings) and restored runs per sample.
@@ -198,7 +215,7 @@ def trace_cmd(
             noise=noise,
             window=window,
             seed=seed,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels),
+            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
             overwrite=overwrite,
             progress=bars,
         )
@@ -229,6 +246,7 @@ def corrupt_cmd(
     device_map: DeviceMap = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Band corruption: noise on a band of layers; accuracy and attention sharpness, clean vs corrupted.
@@ -250,7 +268,7 @@ def corrupt_cmd(
             trace_limit=trace_limit,
             batch_size=batch_size,
             seed=seed,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels),
+            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
             overwrite=overwrite,
             progress=bars,
         )
@@ -285,6 +303,7 @@ def study_cmd(
     device_map: DeviceMap = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
 ) -> None:
     """All four modules over models × datasets; prints the table and writes the report.
@@ -307,7 +326,7 @@ def study_cmd(
             batch_size=batch_size,
             seed=seed,
             max_new_tokens=max_new_tokens,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels),
+            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
             overwrite=overwrite,
             progress=bars,
         )
@@ -348,45 +367,9 @@ def show_cmd(out: Annotated[Path, typer.Argument(help="A run directory.")]) -> N
             typer.echo(f"{k}: {v}")
 
 
-@zoo_app.command("train")
-def zoo_train(
-    name: Annotated[str, typer.Argument(help="llava, paligemma or qwen2vl.")],
-    out: Annotated[Path | None, typer.Option(help="Where to save (default: the package's zoo checkpoint).")] = None,
-    seed: Seed = 0,
-    stage1_steps: Annotated[int | None, typer.Option(help="Image-pathway steps (default: the recipe's).")] = None,
-    stage2_steps: Annotated[int | None, typer.Option(help="Whole-model steps (default: the recipe's).")] = None,
-) -> None:
-    """Train one zoo model on easy-VQA train (CPU, seeded) and save it with save_pretrained.
-
-    Example: vrprobe zoo train llava --out /tmp/llava
-    """
-    from dataclasses import replace
-
-    from vrprobe import checks
-    from vrprobe.registry import ZOO_DIR, ZOO_NAMES
-    from vrprobe.runs import check_writable
-    from vrprobe.zoo.train import TrainConfig, train
-
-    if name not in ZOO_NAMES:
-        raise UsageError(f"unknown zoo model '{name}' (known: {', '.join(ZOO_NAMES)})")
-    checks.options(seed=seed, stage1_steps=stage1_steps, stage2_steps=stage2_steps)
-    if out is not None and out.exists() and not out.is_dir():
-        raise VrprobeError(f"--out {out} exists and is not a directory")
-    check_writable(out or ZOO_DIR / name)  # before hours of training, not at the save
-    cfg = TrainConfig(seed=seed)
-    if stage1_steps is not None:
-        cfg = replace(cfg, stage1_steps=stage1_steps)
-    if stage2_steps is not None:
-        cfg = replace(cfg, stage2_steps=stage2_steps)
-    target = out or ZOO_DIR / name
-    with Bars() as bars:
-        log = train(name, target, cfg, progress=lambda stage, k, total, loss: bars(stage, k, total))
-    typer.echo(f"trained {name}: {log['params']:,} parameters in {log['total_seconds']:.0f} s -> {target}")
-
-
 def _register() -> None:
     """Commands defined beside this module (they import its options and `app`)."""
-    from vrprobe import cli_knockout, cli_proxies  # noqa: F401  (register `knockout`, `probe` and `attribute`)
+    from vrprobe import cli_knockout, cli_proxies, cli_zoo  # noqa: F401  (`knockout`, `probe`, `attribute`, `zoo`)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from vrprobe.cli import (
     Model,
     Overwrite,
     Seed,
+    TrustRemoteCode,
     _placement,
     app,
 )
@@ -46,6 +47,7 @@ def knockout_cmd(
     device_map: DeviceMap = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Block attention edges between token groups over windows of layers and measure the relative change in
@@ -72,7 +74,7 @@ def knockout_cmd(
             limit=limit,
             batch_size=batch_size,
             seed=seed,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels),
+            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
             overwrite=overwrite,
             progress=bars,
         )

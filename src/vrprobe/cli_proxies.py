@@ -20,6 +20,7 @@ from vrprobe.cli import (
     Model,
     Overwrite,
     Seed,
+    TrustRemoteCode,
     _placement,
     app,
 )
@@ -56,6 +57,7 @@ def probe_cmd(
     device_map: DeviceMap = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Train hidden-state reliability probes on --data and score them beside confidence, sharpness and the logit
@@ -79,7 +81,7 @@ def probe_cmd(
             limit=limit,
             batch_size=batch_size,
             seed=seed,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels),
+            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
             overwrite=overwrite,
             progress=bars,
         )
@@ -114,6 +116,7 @@ def attribute_cmd(
     device_map: DeviceMap = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Attribution patching: the causal trace's whole grid estimated to first order from one clean forward, one
@@ -135,7 +138,7 @@ def attribute_cmd(
             window=window,
             seed=seed,
             compare_trace=compare_trace,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels),
+            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
             overwrite=overwrite,
             progress=bars,
         )

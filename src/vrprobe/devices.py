@@ -93,14 +93,15 @@ def dtype_name(dtype: torch.dtype) -> str:
 @dataclass(frozen=True)
 class Placement:
     """The load options every command shares (`--device`, `--dtype`, `--device-map`, `--min-pixels`,
-    `--max-pixels`), as the user gave them; written into the run's manifest. The resolved device and dtype go into
-    the summary (`facts`)."""
+    `--max-pixels`, `--trust-remote-code`), as the user gave them; written into the run's manifest. The resolved
+    device and dtype go into the summary (`facts`)."""
 
     device: str | torch.device = "auto"
     dtype: str | torch.dtype = "auto"
     device_map: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
+    trust_remote_code: bool = False
 
     def resolve(self) -> tuple[torch.device, torch.dtype, str | None]:
         """(device, dtype, device_map) these options name on this machine; one clear error for a malformed or

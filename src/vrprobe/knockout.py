@@ -288,6 +288,7 @@ def knockout(
     device_map: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    trust_remote_code: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> KnockoutResult:
@@ -297,7 +298,7 @@ def knockout(
     edges = parse_edges(edges)
     window = check_window(window)
     batch_size = batch_size_option(batch_size)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {"command": "knockout", "model": model, "data": data, "window": window, "edges": list(edges)}
     config.update(limit=limit, seed=seed, **asdict(placement))
     dataset = load_dataset(data, limit=limit, seed=seed)

@@ -97,6 +97,7 @@ def probe(
     device_map: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    trust_remote_code: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> ProbeResult:
@@ -107,7 +108,7 @@ def probe(
     specs = [s for s in (eval_data.split(",") if isinstance(eval_data, str) else eval_data) if s]
     if not specs:
         raise UsageError("--eval-data needs at least one dataset spec")
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {
         "command": "probe",
         "model": model,
@@ -238,6 +239,7 @@ def attribute(
     device_map: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    trust_remote_code: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> AttributeResult:
@@ -246,7 +248,7 @@ def attribute(
     checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
     kinds = kinds.split(",") if isinstance(kinds, str) else kinds
     cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels).check()
+    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {"command": "attribute", "model": model, "data": data, "limit": limit, "compare_trace": compare_trace}
     config.update({**asdict(cfg), **asdict(placement)})
     dataset = load_dataset(data, limit=limit, seed=seed)

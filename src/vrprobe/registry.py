@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,6 +21,7 @@ from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.interventions.attention import NAME as ATTENTION_NAME
 from vrprobe.interventions.attention import register
 from vrprobe.models.base import Adapter
+from vrprobe.models.generic import GenericAdapter
 from vrprobe.models.llava import LlavaAdapter
 from vrprobe.models.paligemma import PaliGemmaAdapter
 from vrprobe.models.qwen2vl import Qwen2VLAdapter
@@ -63,8 +65,25 @@ def resolve(spec: str) -> Path:
     return path
 
 
-def family_of(path: Path) -> type[Adapter]:
-    """The adapter class for a model directory, from `config.json`'s `model_type`."""
+#: model types run and checked in vrprobe's tests, and how: a trained zoo model and a tiny random-weight model built
+#: from the real checkpoint's non-weight files (`replica`), or a tiny random config with the family's real processor
+#: class and chat template (`tiny`). Any other decoder-only image-text-to-text type runs through `GenericAdapter`.
+TESTED_TYPES: dict[str, str] = {
+    "llava": "zoo, replica",
+    "paligemma": "zoo, replica",
+    "qwen2_vl": "zoo, replica",
+    "qwen2_5_vl": "tiny",
+    "qwen3_vl": "tiny",
+    "gemma3": "tiny",
+    "llava_next": "tiny",
+    "llava_onevision": "tiny",
+    "idefics3": "tiny",
+    "internvl": "tiny",
+    "mistral3": "tiny",
+}
+
+
+def _read_config(path: Path) -> dict:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise VrprobeError(f"{path} has no config.json: not a model directory")
@@ -76,12 +95,66 @@ def family_of(path: Path) -> type[Adapter]:
         raise VrprobeError(f"cannot read {cfg_file}: {exc.strerror}") from None
     if not isinstance(config, dict):
         raise VrprobeError(f"{cfg_file} is not a model config: expected a JSON object")
+    return config
+
+
+def _why_not(config: Any) -> str | None:
+    """Why a VLM of this config has no image positions in its decoder's sequence (None when it has them): an
+    encoder-decoder model (Florence-2, Pix2Struct) or one whose image enters through cross-attention layers (Mllama,
+    IDEFICS 1)."""
+    text = config.get_text_config()
+    if getattr(config, "is_encoder_decoder", False) or getattr(text, "is_encoder_decoder", False):
+        return "an encoder-decoder model (the image is encoded apart from the decoder's token sequence)"
+    for cfg in (config, text):
+        if getattr(cfg, "cross_attention_layers", None) or getattr(cfg, "cross_layer_interval", None):
+            return "a cross-attention VLM (the image reaches the text through cross-attention layers, not as tokens)"
+        if getattr(cfg, "add_cross_attention", False):
+            return "a cross-attention model (the image reaches the text through cross-attention, not as tokens)"
+    return None
+
+
+def family_of(path: Path, *, trust_remote_code: bool = False) -> type[Adapter]:
+    """The adapter class for a model directory, from `config.json`: the family's own adapter for the zoo's three
+    families, `GenericAdapter` for any other image-text-to-text type with image tokens in the decoder's sequence; a
+    one-line refusal (naming the reason and the tested types) for everything else. Reads configs, never weights."""
+    config = _read_config(path)
     model_type = config.get("model_type")
     for cls in ADAPTERS:
         if model_type in cls.model_types:
             return cls
-    known = ", ".join(t for c in ADAPTERS for t in c.model_types)
-    raise VrprobeError(f"{path}: model_type '{model_type}' is not supported (supported: {known})")
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    tested = ", ".join(TESTED_TYPES)
+    remote = model_type not in CONFIG_MAPPING_NAMES
+    if remote and not config.get("auto_map"):
+        raise VrprobeError(
+            f"{path}: model_type '{model_type}' is not supported: transformers does not know it and the "
+            f"checkpoint ships no code for it (tested types: {tested})"
+        )
+    if remote and not trust_remote_code:
+        raise VrprobeError(
+            f"{path}: model_type '{model_type}' runs code shipped with the checkpoint (auto_map in config.json); "
+            "pass --trust-remote-code if you trust it"
+        )
+    try:
+        cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise VrprobeError(f"cannot read the config in {path}: {first}") from exc
+    why = _why_not(cfg)
+    if why:
+        raise VrprobeError(
+            f"{path}: model_type '{model_type}' is not supported: {why}, so vrprobe has no image positions to trace "
+            f"(tested types: {tested}; any decoder-only image-text-to-text model runs through the generic adapter)"
+        )
+    if not remote and model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise VrprobeError(
+            f"{path}: model_type '{model_type}' is not supported: not an image-text-to-text model "
+            f"(tested types: {tested})"
+        )
+    return GenericAdapter
 
 
 def load_adapter(
@@ -93,14 +166,16 @@ def load_adapter(
     device_map: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    trust_remote_code: bool = False,
 ) -> Adapter:
     """Resolve a spec, check the directory has processor and tokenizer files, and load it with its family adapter on
     `device` in `dtype` (`vrprobe.devices`: auto = cuda, else mps, else cpu; bfloat16 on a GPU that supports it,
     float16 on other GPUs, float32 on the CPU), or across devices with `device_map="auto"`; `min_pixels` /
-    `max_pixels` bound Qwen2-VL's image resizing."""
+    `max_pixels` bound a native-resolution processor's image resizing (Qwen2-VL and its successors);
+    `trust_remote_code` lets a checkpoint's own code run (off by default: `--trust-remote-code`)."""
     where, precision, device_map = Placement(device, dtype, device_map, min_pixels, max_pixels).resolve()
     path = resolve(spec)
-    cls = family_of(path)
+    cls = family_of(path, trust_remote_code=trust_remote_code)
     if not any((path / f).is_file() for f in PROCESSOR_FILES):
         raise VrprobeError(f"{path} has no processor files ({' or '.join(PROCESSOR_FILES)}): save the processor too")
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
@@ -115,6 +190,7 @@ def load_adapter(
             device=where,
             device_map=device_map,
             name=spec,
+            trust_remote_code=trust_remote_code,
         )
     except VrprobeError:
         raise

@@ -1,9 +1,10 @@
 """`Adapter`: one interface over the VLM families (load, prompt, encode, token groups, answer scoring).
 
-A family subclass only states what differs: its prompt template, the text that precedes an answer, the fill values of
-its extra per-token inputs, and (Qwen2-VL) how its processor is built. Everything else, including where the image
-tokens sit, is read from the model's own config (`image_token_id`) and `input_ids`, never from fixed offsets; decoder
-layers come from `get_decoder()`.
+`vrprobe.models.generic.GenericAdapter` fills in the prompt from the checkpoint's chat template; a family subclass
+only states what differs: its prompt, the text that precedes an answer, the fill values of its extra per-token
+inputs. Everything else, including where the image tokens sit, is read from the model's own config
+(`image_token_id` / `image_token_index`) and `input_ids`, never from fixed offsets; decoder layers come from
+`get_decoder()`.
 
 Names: `Encoded` (one sample's model inputs, unpadded, with its question span), `Batch` (left-padded inputs of several
 samples + `TokenGroups`), `TokenGroups` (boolean masks [B, T] for `image`, `question`, `last`).
@@ -11,10 +12,8 @@ samples + `TokenGroups`), `TokenGroups` (boolean masks [B, T] for `image`, `ques
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,80 +21,17 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from vrprobe.errors import UsageError
-
-# Per-token model inputs that are padded on the left; every other processor output is per image and concatenated.
-TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
-DROP_KEYS = ("labels",)
-GROUPS = ("image", "question", "last")
-
-
-@dataclass
-class TokenGroups:
-    """Boolean masks [B, T] over a padded batch: image tokens, question tokens, and the last (answer) position;
-    `valid` marks real (non-padding) tokens and `pad` [B] counts each row's left padding."""
-
-    image: torch.Tensor
-    question: torch.Tensor
-    last: torch.Tensor
-    valid: torch.Tensor
-    pad: torch.Tensor
-
-    def mask(self, name: str) -> torch.Tensor:
-        if name not in GROUPS:
-            raise ValueError(f"unknown token group '{name}' (known: {', '.join(GROUPS)})")
-        return getattr(self, name)
-
-
-@dataclass
-class Encoded:
-    """One sample's processor outputs (batch dim 1, unpadded) and the [start, end) span of its question tokens."""
-
-    inputs: dict[str, torch.Tensor]
-    question_span: tuple[int, int]
-
-    @property
-    def length(self) -> int:
-        return int(self.inputs["input_ids"].shape[1])
-
-
-@dataclass
-class Generated:
-    """A greedy answer: its text, token ids (end-of-sequence excluded) and their log-probabilities (nats)."""
-
-    text: str
-    ids: list[int]
-    logprobs: list[float]
-    stop_logprob: float | None
-
-    @property
-    def confidence(self) -> float:
-        """Probability of the generated answer sequence: the product of its token probabilities (EOS excluded); for
-        an empty answer, the probability of stopping at once."""
-        if not self.ids:
-            return math.exp(self.stop_logprob) if self.stop_logprob is not None else 0.0
-        return math.exp(sum(self.logprobs))
-
-    @property
-    def first_token_prob(self) -> float:
-        lp = self.logprobs[0] if self.logprobs else self.stop_logprob
-        return math.exp(lp) if lp is not None else 0.0
-
-    @property
-    def mean_logprob(self) -> float:
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
-
-
-@dataclass
-class Batch:
-    """Left-padded model inputs for several samples; the last position of every row is the answer position."""
-
-    inputs: dict[str, torch.Tensor]
-    groups: TokenGroups
-    items: list[Encoded]
-
-    def __len__(self) -> int:
-        return len(self.items)
+from vrprobe.errors import UsageError, VrprobeError
+from vrprobe.models.batch import (  # noqa: F401  (re-exported: the names every module imports from here)
+    DROP_KEYS,
+    GROUPS,
+    TEXT_KEYS,
+    Batch,
+    Encoded,
+    Generated,
+    TokenGroups,
+    pad_trailing,
+)
 
 
 class Adapter:
@@ -118,10 +54,10 @@ class Adapter:
 
     # ---- loading -------------------------------------------------------------------------------------------
     @classmethod
-    def load_processor(cls, path: Path) -> Any:
+    def load_processor(cls, path: Path, *, trust_remote_code: bool = False) -> Any:
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(str(path))
+        return AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
     @classmethod
     def load(
@@ -133,13 +69,15 @@ class Adapter:
         device: torch.device | None = None,
         device_map: str | None = None,
         name: str = "",
+        trust_remote_code: bool = False,
     ) -> Adapter:
         """Load a local model directory through the Auto classes, as any Hugging Face checkpoint is loaded, in `dtype`
         (default float32) on `device` (default CPU), or placed by accelerate with `device_map="auto"`.
 
         `attn_implementation` applies to the language model: a name registered with transformers' `AttentionInterface`
         ("vrprobe", registered by `vrprobe.registry.load_adapter`: attention that interventions can edit and record)
-        or "eager". The vision tower always uses eager.
+        or "eager". The vision tower always uses eager. `trust_remote_code` runs code shipped with the checkpoint
+        (model and processor); off unless the user passes `--trust-remote-code`.
         """
         from transformers import AutoModelForImageTextToText
 
@@ -147,17 +85,22 @@ class Adapter:
             str(path),
             attn_implementation={"text_config": attn_implementation, "vision_config": "eager"},
             dtype=dtype or torch.float32,
+            trust_remote_code=trust_remote_code,
             **({"device_map": device_map} if device_map else {}),
         )
         if not device_map:
             model.to(device or torch.device("cpu"))
         model.eval()
-        return cls(model, cls.load_processor(path), name=name or str(path))
+        processor = cls.load_processor(path, trust_remote_code=trust_remote_code)
+        return cls(model, processor, name=name or str(path))
 
     def set_pixel_limits(self, min_pixels: int | None, max_pixels: int | None) -> None:
         """Bound the number of pixels an image is resized to (families with native-resolution image processing)."""
         if min_pixels is not None or max_pixels is not None:
-            raise UsageError(f"--min-pixels / --max-pixels apply to Qwen2-VL only, not to {self.family}")
+            raise UsageError(
+                "--min-pixels / --max-pixels apply to Qwen2-VL-style native-resolution image processors only, "
+                f"not to {self.family}"
+            )
 
     # ---- facts read from the model -------------------------------------------------------------------------
     @property
@@ -166,7 +109,15 @@ class Adapter:
 
     @property
     def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
+        """The id of the token the processor repeats once per image-feature position: the config's
+        `image_token_id`, or `image_token_index` in configs that name it so (LLaVA-NeXT, Mistral 3)."""
+        cfg = self.model.config
+        value = getattr(cfg, "image_token_id", None)
+        if value is None:
+            value = getattr(cfg, "image_token_index", None)
+        if value is None:
+            raise VrprobeError(f"{self.name}: its config names no image token (image_token_id / image_token_index)")
+        return int(value)
 
     @property
     def pad_token_id(self) -> int:
@@ -266,6 +217,8 @@ class Adapter:
             if key in TEXT_KEYS:
                 fill = self.pad_token_id if key == "input_ids" else 0
                 parts = [torch.cat([torch.full((1, width - p.shape[1]), fill, dtype=p.dtype), p], 1) for p in parts]
+            else:
+                parts = pad_trailing(parts)
             inputs[key] = torch.cat(parts, 0)
         image = inputs["input_ids"] == self.image_token_id
         question = torch.zeros_like(image)

@@ -2,10 +2,10 @@
 
 from typing import Any
 
-from vrprobe.models.base import Adapter
+from vrprobe.models.generic import GenericAdapter
 
 
-class LlavaAdapter(Adapter):
+class LlavaAdapter(GenericAdapter):
     family = "llava"
     model_types = ("llava",)
     answer_anchor = "ASSISTANT:"

@@ -12,10 +12,10 @@ its letter instruction: PaliGemma has no multiple-choice format of its own).
 
 from typing import Any
 
-from vrprobe.models.base import Adapter
+from vrprobe.models.generic import GenericAdapter
 
 
-class PaliGemmaAdapter(Adapter):
+class PaliGemmaAdapter(GenericAdapter):
     family = "paligemma"
     model_types = ("paligemma",)
     answer_anchor = "\n"

@@ -1,7 +1,8 @@
 """Replaying decoder layers directly: what lets the tracing engine skip work ROME's loop recomputes.
 
 - `capture_layer_calls`: record the arguments (masks, rotary embeddings, ...) each decoder layer is called with in a
-  clean forward; they broadcast over any batch size of the same prompt.
+  clean forward, and anything the model adds between layers (Qwen3-VL's deepstack features); they broadcast over any
+  batch size of the same prompt.
 - `run_layers`: run layers start..L−1 on given hidden states with those arguments, optionally only for positions
   first..T−1 with earlier keys/values from a `DynamicCache`, or shared by blocks of rows (a `KVPrefix` per layer,
   passed in the layer call as vrprobe's attention function's `vrprobe_prefix` argument).
@@ -89,25 +90,49 @@ def cached_kv(cache: Any, num_layers: int) -> list[tuple[torch.Tensor, torch.Ten
     return [(layer.keys, layer.values) for layer in layers]
 
 
+class LayerCalls(list):
+    """Per decoder layer, (args, kwargs) it was called with besides the hidden states; `before[i]` is what the model
+    added to the hidden states between layer i−1's output and layer i's input ([1, T, D], None for nothing): Qwen3-VL
+    adds its deepstack visual features there, at the image positions of its first layers. The addition does not depend
+    on the hidden states, so a replay adds the same tensor whatever state it carries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before: list[torch.Tensor | None] = []
+
+
 @contextmanager
-def capture_layer_calls(adapter: Adapter) -> Iterator[list[tuple[tuple, dict]]]:
-    """Record the arguments (besides the hidden states) every decoder layer is called with, in layer order."""
-    calls: list[tuple[tuple, dict]] = []
+def capture_layer_calls(adapter: Adapter) -> Iterator[LayerCalls]:
+    """Record the arguments (besides the hidden states) every decoder layer is called with, in layer order, and any
+    addition the model makes between layers (`LayerCalls.before`)."""
+    calls = LayerCalls()
+    last_out: list[torch.Tensor] = []
 
     def pre(module, args, kwargs):
         # By name, read from the layer's signature (a version passing an argument positionally still replays); the
         # cache is left out: `run_layers` passes its own, under the layer's name for it.
         params = _parameters(module)
         bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+        items = list(bound.items())
+        hidden = items[0][1]  # the first argument is the hidden states
         named: dict[str, Any] = {}
-        for name, value in list(bound.items())[1:]:  # the first argument is the hidden states
+        for name, value in items[1:]:
             if params[name].kind is inspect.Parameter.VAR_KEYWORD:
                 named.update(value)
             else:
                 named[name] = value
         calls.append(((), {k: v for k, v in named.items() if k not in CACHE_KWARGS and k != "use_cache"}))
+        added = None
+        if last_out and hidden is not last_out[0] and not torch.equal(hidden, last_out[0]):
+            added = (hidden - last_out[0])[:1].detach()
+        calls.before.append(added)
+        last_out.clear()
+
+    def post(module, args, output):
+        last_out[:] = [first_output(output)]
 
     handles = [layer.register_forward_pre_hook(pre, with_kwargs=True) for layer in adapter.decoder_layers]
+    handles += [layer.register_forward_hook(post) for layer in adapter.decoder_layers]
     try:
         yield calls
     finally:
@@ -188,6 +213,8 @@ def run_layers(
     With `first` > 0, `hidden` holds only positions first..T−1, and the keys and values of positions 0..first−1 at every
     layer run come from `cache` (a `DynamicCache` with a row per batch row) or `prefix` (per layer, [n, H, first, D]
     shared by blocks of n rows; see `KVPrefix`): the layer arguments are sliced to those query positions.
+    `hidden` is the state a layer's forward hook sees leaving layer start−1 (the embeddings for start 0); what the model
+    adds between layers (`LayerCalls.before`) is added on entering each layer, as the model does.
     `enter(i, hidden)`, when given, may replace rows of the state entering layer i > start (L: after the last layer)."""
     if prefix is not None and not adapter.records_attention:
         raise UsageError("shared key/value prefixes need the language model on vrprobe's attention function")
@@ -195,8 +222,11 @@ def run_layers(
     with ExitStack() as stack:
         if not keep:
             stack.enter_context(last_position_mlp(adapter))
+        before = getattr(calls, "before", None) or [None] * adapter.num_layers
         for i in range(start, adapter.num_layers):
             args, kwargs = calls[i]
+            if before[i] is not None:
+                hidden = hidden + before[i][:, first:].to(hidden.dtype)
             if cache is not None:
                 kwargs = with_cache(adapter.decoder_layers[i], kwargs, cache)
             if first:
