@@ -21,8 +21,37 @@ def adapter(request):
     return load_adapter(f"zoo:{request.param}")
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `vrprobe` console entry point; returns the completed process (text output)."""
-    cmd = [sys.executable, "-c", "from vrprobe.cli import main; main()", *args]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, process: bool = False
+) -> subprocess.CompletedProcess:
+    """`vrprobe ARGS`; returns a completed process (exit code, text stdout and stderr).
+
+    By default `vrprobe.cli.main` runs in this process (the same code path as the console entry point, without paying
+    the ~6 s import of torch and transformers per call); with `process=True`, or a `cwd` or `env`, the installed entry
+    point runs in a subprocess."""
+    if process or cwd is not None or env:
+        cmd = [sys.executable, "-c", "from vrprobe.cli import main; main()", *args]
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
+    import io
+    import traceback
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from vrprobe.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["vrprobe", *args]
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # what an uncaught error does to a process: a traceback and exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(["vrprobe", *args], code, out.getvalue(), err.getvalue())

@@ -91,7 +91,7 @@ def test_bad_inputs_give_one_line_and_nothing_written(tmp_path, case):
 
 
 def test_version_and_help():
-    res = run_cli("--version")
+    res = run_cli("--version", process=True)  # the installed console entry point, in its own process
     assert res.returncode == 0 and res.stdout.startswith("vrprobe ")
     res = run_cli("eval", "--help")
     assert res.returncode == 0 and "Example:" in res.stdout
