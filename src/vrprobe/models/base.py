@@ -171,8 +171,9 @@ class Adapter:
         """The family's prompt for a question (the processor expands the image placeholder)."""
         raise NotImplementedError
 
-    def _process(self, image: Image.Image, text: str) -> dict[str, torch.Tensor]:
-        out = self.processor(text=[text], images=[image], return_tensors="pt")
+    def _process(self, image: Image.Image, text: str, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The processor's outputs for one image and prompt (`kwargs` go to the processor), labels dropped."""
+        out = self.processor(text=[text], images=[image], return_tensors="pt", **kwargs)
         return {k: v for k, v in out.items() if k not in DROP_KEYS}
 
     def encode_one(self, image: Image.Image, question: str) -> Encoded:

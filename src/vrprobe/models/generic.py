@@ -65,12 +65,11 @@ class GenericAdapter(Adapter):
         """One user turn (an image, then the question) through the chat template, generation prompt added."""
         return self._chat(question, True)
 
-    def _process(self, image: Any, text: str) -> dict[str, Any]:
+    def _process(self, image: Any, text: str, **kwargs: Any) -> dict[str, Any]:
         if type(self).prompt is not GenericAdapter.prompt:  # a family's own prompt: tokenized as the family does
-            return super()._process(image, text)
+            return super()._process(image, text, **kwargs)
         # The template already holds the special tokens it wants (BOS included): add none a second time.
-        out = self.processor(text=[text], images=[image], return_tensors="pt", add_special_tokens=False)
-        return {k: v for k, v in out.items() if k != "labels"}
+        return super()._process(image, text, add_special_tokens=False, **kwargs)
 
     def _generation_prompt(self) -> tuple[str, str]:
         if self._anchor is None:
