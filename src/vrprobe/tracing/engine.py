@@ -13,7 +13,8 @@ Per sample (ROME's causal tracing, for a VLM):
 Fast by construction: all draws of one sample and many restorations run as one batch; a restoration that starts at
 layer s reuses the corrupted run's state entering s instead of recomputing layers below s (the decoder layers are run
 directly, with the per-layer arguments captured from the clean forward, which broadcast over any batch size), and only
-positions whose state can differ from a known run are computed: see `vrprobe.restoration`.
+positions whose state can differ from a known run are computed, and a restoration that cannot change the answer
+position is not run at all (its effect is exactly 0): see `vrprobe.tracing.restoration`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,16 @@ from vrprobe.interventions import GaussianNoise, Site, intervene
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.base import Adapter, Batch
 from vrprobe.progress import Progress, Ticker
-from vrprobe.tracing.replay import capture_layer_calls
-from vrprobe.tracing.restoration import Job, KnownRuns, plan_positions, restore, schedule, trace_jobs
+from vrprobe.tracing.replay import attends, capture_layer_calls
+from vrprobe.tracing.restoration import (
+    Job,
+    KnownRuns,
+    changes_answer,
+    plan_positions,
+    restore,
+    schedule,
+    trace_jobs,
+)
 
 KINDS = ("resid", "mlp", "attn")
 DEFINITIONS = {
@@ -159,12 +168,16 @@ class Tracer:
         p_corrupted = float(self.prob(runs.corrupted_inputs[-1][:, -1], target_id, sample.id).mean())
         L, G, T = a.num_layers, len(cfg.groups), img.shape[0]
         masks = [positions_mask(g, batch.groups)[0] for g in cfg.groups]
-        plans = plan_positions(clean["calls"], masks, img)
+        allowed = attends(clean["calls"])
+        plans = plan_positions(allowed, masks, img)
+        jobs = trace_jobs(cfg.kinds, L, G, cfg.window)
+        live = changes_answer(allowed, img, masks, jobs, L, cfg.window)
+        # a restoration that cannot change the answer position is not run: p_restored = p_corrupted, effect exactly 0
+        p_restored = torch.full((len(cfg.kinds), L, G), p_corrupted)
         by_plan: dict[tuple[int, int], list[Job]] = {}  # (first position, group whose clean prefix is kept or -1)
-        for job in trace_jobs(cfg.kinds, L, G, cfg.window):
+        for job in (job for job, can in zip(jobs, live, strict=True) if can):
             first, clean_prefix = plans[("resid" if job.kind == "resid" else "block", job.group)]
             by_plan.setdefault((first, job.group if clean_prefix is not None else -1), []).append(job)
-        p_restored = torch.zeros(len(cfg.kinds), L, G)
         for (first, closed), jobs in sorted(by_plan.items()):
             plan = plans[("resid", closed)] if closed >= 0 else (first, None)
             per_job = cfg.noise_samples * (T - plan[0])

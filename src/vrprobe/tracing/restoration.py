@@ -4,6 +4,7 @@ A restoration `Job` puts one clean state back into the corrupted runs (N noise d
 cheap (all exact; `tests/test_tracing.py` checks the engine against a plain per-restoration loop):
 - **start layer**: a job starts at the first layer it changes, from the corrupted state entering that layer
   (`KnownRuns.entering`); layers below are never recomputed.
+- **no run** where none can change the answer (`changes_answer`): its p_restored is p_corrupted, its effect exactly 0.
 - **first position** (`plan_positions`): positions the restored ones cannot reach through the attention masks keep the
   corrupted run's keys and values; after a `resid` restoration, restored positions whose attention reaches only clean
   states keep the clean run's (causal models: the image tokens; PaliGemma's bidirectional prefix: none).
@@ -24,7 +25,6 @@ import torch
 
 from vrprobe.models.base import Adapter
 from vrprobe.tracing.replay import (
-    attends,
     cached_kv,
     closed_subset,
     kv_cache,
@@ -60,6 +60,52 @@ def trace_jobs(kinds: Sequence[str], num_layers: int, num_groups: int, window: i
     ]
 
 
+def _spread(allowed: torch.Tensor | None, flags: torch.Tensor) -> torch.Tensor:
+    """Positions with a key they may attend to (`allowed` [T, T]; None: any) among `flags` [T]."""
+    if allowed is None:
+        return flags.any().expand(flags.shape[0]).clone()
+    return (allowed & flags[None, :]).any(1)
+
+
+def corrupted_differs(allowed: torch.Tensor | None, noised: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+    """Per layer, the positions [T] whose output in the corrupted run can differ from the clean run's."""
+    out, x = [], noised.clone()
+    for _ in range(num_layers):
+        x = x | _spread(allowed, x)
+        out.append(x)
+    return out
+
+
+def job_differs(
+    allowed: torch.Tensor | None,
+    noised: torch.Tensor,
+    group: torch.Tensor,
+    job: Job,
+    num_layers: int,
+    window: int,
+    corrupted: Sequence[torch.Tensor],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer of a restored run (`job`, restoring the positions `group` [T]), the positions whose output can differ
+    from the clean run's and from the corrupted run's (`corrupted`: `corrupted_differs`), by the rules of
+    `exact_work`."""
+    g, L = group.cpu(), num_layers
+    blocks = range(0) if job.kind == "resid" else window_layers(job.layer, window, L)
+    not_clean, not_corrupted = noised.clone(), torch.zeros_like(noised)
+    out = []
+    for i in range(L):
+        entering = noised if i == 0 else corrupted[i - 1]
+        a_clean, a_corrupted = _spread(allowed, not_clean), _spread(allowed, not_corrupted)
+        if job.kind == "attn" and i in blocks:
+            a_clean, a_corrupted = a_clean & ~g, torch.where(g, _spread(allowed, entering), a_corrupted)
+        not_clean, not_corrupted = not_clean | a_clean, not_corrupted | a_corrupted
+        if job.kind == "mlp" and i in blocks:  # the MLP's input in the corrupted run differs where its output can
+            not_corrupted = torch.where(g, not_corrupted | corrupted[i], not_corrupted)
+        if job.kind == "resid" and i == job.layer:
+            not_clean, not_corrupted = not_clean & ~g, torch.where(g, corrupted[i], not_corrupted)
+        out.append((not_clean, not_corrupted))
+    return out
+
+
 def exact_work(
     allowed: torch.Tensor | None,
     noised: torch.Tensor,
@@ -83,38 +129,31 @@ def exact_work(
     question positions clean there, since their inputs are clean embeddings.) Layers are counted whole: reading only
     the answer position at the last layer is not credited. ROME's loop does `reference_work`."""
     L, T = num_layers, noised.shape[0]
-
-    def spread(flags: torch.Tensor) -> torch.Tensor:  # positions with an attended key whose state can differ
-        if allowed is None:
-            return flags.any().expand(T).clone()
-        return (allowed & flags[None, :]).any(1)
-
-    corrupted = []  # per layer: the corrupted run's (attention-block output, layer output) differing from clean
-    x = noised.clone()
-    for _ in range(L):
-        attn = spread(x)
-        x = x | attn
-        corrupted.append((attn, x))
-    total = L * T + draws * sum(int(out.sum()) for _, out in corrupted)
-    nothing = torch.zeros(T, dtype=torch.bool)
+    corrupted = corrupted_differs(allowed, noised, L)
+    total = L * T + draws * sum(int(out.sum()) for out in corrupted)
     for job in jobs:
-        g = masks[job.group].cpu()
-        blocks = range(0) if job.kind == "resid" else window_layers(job.layer, window, L)
-        not_clean, not_corrupted = noised.clone(), nothing.clone()
-        count = 0
-        for i in range(L):
-            entering = noised if i == 0 else corrupted[i - 1][1]
-            a_clean, a_corrupted = spread(not_clean), spread(not_corrupted)
-            if job.kind == "attn" and i in blocks:
-                a_clean, a_corrupted = a_clean & ~g, torch.where(g, spread(entering), a_corrupted)
-            not_clean, not_corrupted = not_clean | a_clean, not_corrupted | a_corrupted
-            if job.kind == "mlp" and i in blocks:  # the MLP's input in the corrupted run differs where its output can
-                not_corrupted = torch.where(g, not_corrupted | corrupted[i][1], not_corrupted)
-            if job.kind == "resid" and i == job.layer:
-                not_clean, not_corrupted = not_clean & ~g, torch.where(g, corrupted[i][1], not_corrupted)
-            count += int((not_clean & not_corrupted).sum())
-        total += draws * count
+        flags = job_differs(allowed, noised, masks[job.group], job, L, window, corrupted)
+        total += draws * sum(int((not_clean & not_corrupted).sum()) for not_clean, not_corrupted in flags)
     return total
+
+
+def changes_answer(
+    allowed: torch.Tensor | None,
+    noised: torch.Tensor,
+    masks: Sequence[torch.Tensor],
+    jobs: Sequence[Job],
+    num_layers: int,
+    window: int,
+) -> list[bool]:
+    """Per job, whether its restoration can change the answer (last) position's last-layer state from the corrupted
+    run's (`job_differs`). Where it cannot, p_restored equals p_corrupted exactly and the effect is 0 by construction:
+    for example `resid` at the last layer restoring positions other than the last, or any restoration of positions the
+    noise never reaches."""
+    corrupted = corrupted_differs(allowed, noised, num_layers)
+    return [
+        bool(job_differs(allowed, noised, masks[job.group], job, num_layers, window, corrupted)[-1][1][-1])
+        for job in jobs
+    ]
 
 
 def reference_work(num_jobs: int, num_layers: int, positions: int, draws: int) -> int:
@@ -150,14 +189,16 @@ class KnownRuns:
 Plan = tuple[int, torch.Tensor | None]
 
 
-def plan_positions(calls, masks: Sequence[torch.Tensor], noised: torch.Tensor) -> dict[tuple[str, int], Plan]:
+def plan_positions(
+    allowed: torch.Tensor | None, masks: Sequence[torch.Tensor], noised: torch.Tensor
+) -> dict[tuple[str, int], Plan]:
     """Per (`resid` or `block` restorations, group index): the first position a restored run must compute, and for
-    `resid` restorations which earlier positions hold clean (rather than corrupted) states above the restored layer.
+    `resid` restorations which earlier positions hold clean (rather than corrupted) states above the restored layer,
+    given the attention masks `allowed` (`replay.attends`).
 
     Positions a restoration at the group cannot reach keep their corrupted states. A `resid` restoration makes the group
     clean at its layer; the group's members whose attention only reaches clean positions (the group and the positions
     the noise never reaches) stay clean in every later layer (`closed_subset`)."""
-    allowed = attends(calls)
     untouched = ~reachable(allowed, noised)
     T = noised.shape[0]
     plans: dict[tuple[str, int], Plan] = {}
