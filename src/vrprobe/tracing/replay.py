@@ -1,5 +1,7 @@
 """Replaying decoder layers directly: what lets the tracing engine skip work ROME's loop recomputes.
 
+- `forward_signature`: the signature replay reads a module's arguments by, its class's own `forward` bound to it, so
+  that no wrapper another library puts into the instance's `forward` (accelerate, nnsight) changes it.
 - `capture_layer_calls`: record the arguments (masks, rotary embeddings, ...) each decoder layer is called with in a
   clean forward, and anything the model adds between layers (Qwen3-VL's deepstack features); they broadcast over any
   batch size of the same prompt.
@@ -34,18 +36,36 @@ from vrprobe.tracing.prefix import KVPrefix
 CACHE_KWARGS = ("cache", "past_key_values")
 
 
-def _parameters(module: torch.nn.Module) -> Mapping[str, inspect.Parameter]:
-    """The parameters of `module.forward` (through transformers' `functools.wraps` decorators), read once per class."""
-    return _class_parameters(type(module))
+def forward_signature(module: torch.nn.Module) -> inspect.Signature:
+    """The signature of `module`'s own forward: its class's `forward` bound to it (`self` dropped), read once per class
+    and through transformers' `functools.wraps` decorators on that function. The one rule by which replay reads what
+    a module takes.
+
+    Never read from `module.forward`: another library may have put a wrapper into the instance's `forward`, and what
+    a wrapper reports is not what the module takes: `(*args, **kwargs)` for a plain `def wrapper(*args, **kwargs)`,
+    or the class's unbound function, `self` first, for one made with `functools.update_wrapper(w, type(m).forward)`
+    (nnsight 0.8's `Controller`), which binds the hidden states to `self`. Modules are still called as `module(...)`,
+    never through `forward` or the class's function, so that hooks and instance wrappers run as in the model's own
+    forward (accelerate's offload hook loads the module's weights there)."""
+    return _class_signature(type(module))
 
 
 @functools.cache
-def _class_parameters(cls: type) -> Mapping[str, inspect.Parameter]:
-    return dict(inspect.signature(cls.forward).parameters)
+def _class_signature(cls: type) -> inspect.Signature:
+    sig = inspect.signature(cls.forward)
+    params = list(sig.parameters.values())
+    if params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        params = params[1:]  # `self`, bound to the module (a `*args` first takes it and stays, as in a bound method)
+    return sig.replace(parameters=params)
+
+
+def _parameters(module: torch.nn.Module) -> Mapping[str, inspect.Parameter]:
+    """The parameters of `module`'s own forward (`forward_signature`)."""
+    return forward_signature(module).parameters
 
 
 def cache_kwarg(layer: torch.nn.Module) -> str:
-    """The keyword under which `layer.forward` takes the key/value cache, read from its signature."""
+    """The keyword under which `layer`'s forward takes the key/value cache, read from `forward_signature`."""
     params = _parameters(layer)
     for name in CACHE_KWARGS:
         if name in params:
@@ -109,10 +129,11 @@ def capture_layer_calls(adapter: Adapter) -> Iterator[LayerCalls]:
     last_out: list[torch.Tensor] = []
 
     def pre(module, args, kwargs):
-        # By name, read from the layer's signature (a version passing an argument positionally still replays); the
-        # cache is left out: `run_layers` passes its own, under the layer's name for it.
+        # By name, read from the layer's own signature (a version passing an argument positionally still replays,
+        # whatever wraps the instance's `forward`); the cache is left out: `run_layers` passes its own, under the
+        # layer's name for it.
         params = _parameters(module)
-        bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+        bound = forward_signature(module).bind(*args, **kwargs).arguments
         items = list(bound.items())
         hidden = items[0][1]  # the first argument is the hidden states
         named: dict[str, Any] = {}
@@ -233,6 +254,7 @@ def run_layers(
                 kwargs = {**kwargs, **_slice_queries(kwargs, first)}
             if prefix is not None and prefix[i] is not None:
                 kwargs = {**kwargs, PREFIX_KWARG: KVPrefix(*prefix[i])}
+            # called as a module (hooks and instance wrappers run, as in the model's forward), arguments by name
             hidden = first_output(adapter.decoder_layers[i](hidden, *args, **kwargs))
             if enter is not None:
                 hidden = enter(i + 1, hidden)
