@@ -32,6 +32,7 @@ from vrprobe.metrics.heads import head_sharpness
 from vrprobe.metrics.stats import benjamini_hochberg, mean_interval
 
 from conftest import run_cli
+from numerics import FORWARD, assert_close
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_blocking_image_to_question_and_last_everywhere_makes_the_model_blind(ad
         batch = adapter.encode_samples(chunk)
         with torch.no_grad(), intervene(adapter, batch.groups, edits=edits):
             out.append(adapter.forward(batch, use_cache=False, logits_to_keep=1).logits[:, -1])
-    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
+    assert_close(out[0], out[1], ulps=FORWARD, what="logits with the image cut off, another image")
     batch = adapter.encode_samples(samples)
     with torch.no_grad():
         clean = [
@@ -124,7 +125,7 @@ def test_qwen2vl_knockout_batched_equals_one_at_a_time():
     edits = edge_edits(["image->last", "question->last"], [1, 2])
     together = target_probs(a, batch, ids, edits)
     alone = [target_probs(a, a.encode_samples([s]), [i], edits)[0] for s, i in zip(chunk, ids, strict=True)]
-    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-6)
+    assert_close(together, alone, dtype=torch.float32, ulps=FORWARD, what="p(target) batched vs alone")
 
 
 def test_windows_edges_and_effects():

@@ -19,6 +19,7 @@ from vrprobe.registry import load_adapter
 from vrprobe.runs import read_records
 
 from conftest import run_cli
+from numerics import FORWARD, assert_close
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,10 @@ def test_features_are_the_answer_position_and_image_mean_of_each_layer(llava):
         llava.forward(batch, use_cache=False)
     states = rec.stacked(site)  # [L, B, T, D]
     for i, r in enumerate(records):
-        assert np.allclose(r["hidden_last"], states[:, i, -1].numpy(), atol=1e-5)
+        assert_close(r["hidden_last"], states[:, i, -1], dtype=torch.float32, ulps=FORWARD, what="hidden_last")
         image = batch.groups.image[i]
-        assert np.allclose(r["hidden_image_mean"], states[:, i][:, image].mean(1).numpy(), atol=1e-5)
+        mean = states[:, i][:, image].mean(1)
+        assert_close(r["hidden_image_mean"], mean, dtype=torch.float32, ulps=FORWARD, what="hidden_image_mean")
 
 
 def test_probe_finds_the_layer_that_carries_the_signal():

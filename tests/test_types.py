@@ -29,6 +29,8 @@ from vrprobe.models.generic import GenericAdapter
 from vrprobe.registry import TESTED_TYPES, load_adapter
 from vrprobe.tracing import TraceConfig, Tracer, measure_sigma
 
+from numerics import FORWARD, SUM, assert_close
+
 BUILDERS = {**QWEN, **OTHER}
 TYPES = tuple(BUILDERS)
 
@@ -129,8 +131,8 @@ def test_eval_batched_equals_one_at_a_time_with_sharpness(model_type, built, sam
     one = [score_batch(a, [s])[0] for s in samples]
     for r, o in zip(rows, one, strict=True):
         assert r["predicted"] == o["predicted"]
-        assert r["confidence"] == pytest.approx(o["confidence"], abs=1e-5)
-        assert r["sharpness"] == pytest.approx(o["sharpness"], abs=1e-5)
+        assert_close(r["confidence"], o["confidence"], dtype=torch.float32, scale=1.0, ulps=FORWARD)
+        assert_close(r["sharpness"], o["sharpness"], dtype=torch.float32, ulps=FORWARD, what="sharpness (nats)")
         n_img = expected_image_positions(model_type, a.processor)
         assert 0 <= r["sharpness"] <= math.log(n_img) + 1e-6  # nats over the image positions
     assert len({round(r["confidence"], 6) for r in rows}) > 1  # the inputs matter
@@ -146,7 +148,7 @@ def test_trace_equals_plain_loop(model_type, built, samples):
     sample = samples[2]
     trace = tracer.trace(sample, index=0)
     ref = reference_loop(a, sample, tracer, cfg)
-    assert torch.allclose(trace.p_restored, ref, atol=1e-5), (trace.p_restored - ref).abs().max()
+    assert_close(trace.p_restored, ref, scale=1.0, ulps=FORWARD, what="engine vs plain loop (probability)")
     assert set(cfg.kinds) == {"resid", "mlp", "attn"}
 
 
@@ -252,4 +254,5 @@ def test_remote_code_runs_only_with_the_flag_and_the_generic_adapter_matches_lla
     assert type(remote) is GenericAdapter and remote.family == "remote_llava"
     assert remote.prompt("what shape?") == zoo.prompt("what shape?")
     for r, z in zip(score_batch(remote, samples), score_batch(zoo, samples), strict=True):
-        assert r["predicted"] == z["predicted"] and r["confidence"] == pytest.approx(z["confidence"], abs=1e-6)
+        assert r["predicted"] == z["predicted"]
+        assert_close(r["confidence"], z["confidence"], dtype=torch.float32, scale=1.0, ulps=SUM)
