@@ -330,19 +330,15 @@ def study_cmd(
             overwrite=overwrite,
             progress=bars,
         )
-    _print_table(r.table)
+    _print_table(r.table, r.summary.get("heads"))
     _done(out)
 
 
-def _print_table(table: list) -> None:
-    from vrprobe.tables import reliability_table, study_table, verdict_lines
+def _print_table(table: list, heads: dict | None = None, all_columns: bool = False) -> None:
+    """The study's table and verdict within the terminal's width (`vrprobe.terminal`)."""
+    from vrprobe.terminal import print_study
 
-    console = Console() if Console().is_terminal else Console(width=220)
-    console.print(study_table(table))
-    if all("auroc_confidence" in row for row in table):
-        console.print(reliability_table(table))
-    for line in verdict_lines(table):
-        console.print(line, highlight=False, soft_wrap=True)
+    print_study(table, heads, all_columns)
 
 
 @app.command("report")
@@ -354,17 +350,19 @@ def report_cmd(out: Annotated[Path, typer.Argument(help="A run directory.")]) ->
 
 
 @app.command("show")
-def show_cmd(out: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Print a run's table in the terminal. Example: vrprobe show runs/demo"""
+def show_cmd(
+    out: Annotated[Path, typer.Argument(help="A run directory.")],
+    all_columns: Annotated[bool, typer.Option("--all", help="Every column, not only the key ones.")] = False,
+) -> None:
+    """Print a run's table and verdict within the terminal's width. Example: vrprobe show runs/demo [--all]"""
     from vrprobe.runs import read_summary
+    from vrprobe.terminal import print_summary
 
     summary = read_summary(out)
     if "table" in summary:
-        _print_table(summary["table"])
+        _print_table(summary["table"], summary.get("heads"), all_columns)
     else:
-        flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-        for k, v in flat.items():
-            typer.echo(f"{k}: {v}")
+        print_summary(summary)
 
 
 def _register() -> None:

@@ -62,7 +62,8 @@ def knockout_cmd(
     Example: vrprobe knockout --model zoo:llava --data easy-vqa:test --out runs/ko-llava --limit 200
     """
     from vrprobe.knockout import knockout
-    from vrprobe.tables import integration_text
+    from vrprobe.tables import GLUE, integration_text
+    from vrprobe.terminal import echo
 
     with Bars() as bars:
         r = knockout(
@@ -80,10 +81,10 @@ def knockout_cmd(
         )
     s = r.summary
     line = f"{model}: n={s['n']} accuracy {s['accuracy_clean']:.3f}; integration layers: "
-    typer.echo(line + integration_text(s["integration_layers"]))
+    echo(line + integration_text(s["integration_layers"]))
     if "accuracy_knocked_out" in s:
-        typer.echo(f"  every listed edge blocked at every layer: accuracy {s['accuracy_knocked_out']:.3f}")
+        echo(f"  every listed edge blocked at every layer: accuracy {s['accuracy_knocked_out']:.3f}")
         for name in ("knocked_out", "blank"):
-            by_type = ", ".join(f"{t} {v:.3f}" for t, v in s[f"accuracy_by_type_{name}"].items())
-            typer.echo(f"    {name.replace('_', ' ')} by type: {by_type}")
-    typer.echo(f"-> {out / 'summary.json'}")
+            by_type = ", ".join(f"{t}{GLUE}{v:.3f}" for t, v in s[f"accuracy_by_type_{name}"].items())
+            echo(f"    {name.replace('_', ' ')} by type: {by_type}")
+    echo(f"-> {out / 'summary.json'}")

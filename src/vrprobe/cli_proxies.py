@@ -70,6 +70,7 @@ def probe_cmd(
     Example: vrprobe probe --model zoo:llava --data easy-vqa:train --eval-data easy-vqa:test --out runs/probe
     """
     from vrprobe.proxies import probe
+    from vrprobe.terminal import echo
 
     with Bars() as bars:
         r = probe(
@@ -86,13 +87,13 @@ def probe_cmd(
             progress=bars,
         )
     s = r.summary
-    typer.echo(f"{model}: trained on {data} (n={s['n_train']}), best layer {s['best_layer']}")
+    echo(f"{model}: trained on {data} (n={s['n_train']}), best layer {s['best_layer']}")
     for spec, e in s["evaluations"].items():
-        typer.echo(f"  {spec} (n={e['n']}, accuracy {e['accuracy']:.3f})")
+        echo(f"  {spec} (n={e['n']}, accuracy {e['accuracy']:.3f})")
         for name, v in e["selective"].items():
             lo, hi = v["ci"]
-            typer.echo(f"    {name:<18} AUROC {v['auroc']:.3f} [{lo:.3f}, {hi:.3f}]  AURC {v['aurc']:.4f}")
-    typer.echo(f"-> {out / 'summary.json'}")
+            echo(f"    {name:<18} AUROC {v['auroc']:.3f} [{lo:.3f}, {hi:.3f}]  AURC {v['aurc']:.4f}")
+    echo(f"-> {out / 'summary.json'}")
 
 
 @app.command("attribute")
@@ -125,6 +126,7 @@ def attribute_cmd(
     Example: vrprobe attribute --model zoo:llava --data easy-vqa:test --limit 20 --compare-trace --out runs/atp
     """
     from vrprobe.proxies import attribute
+    from vrprobe.terminal import echo
 
     with Bars() as bars:
         r = attribute(
@@ -149,4 +151,4 @@ def attribute_cmd(
             f"; against the exact trace: Spearman {s['spearman']:.3f}, top-3 recall {s['top3_recall']:.3f}, "
             f"cost ratio {s['cost_ratio']:.1f}x ({s['cost_ratio_with_linear']:.1f}x with the linearised variant)"
         )
-    typer.echo(f"{line} -> {out / 'summary.json'}")
+    echo(f"{line} -> {out / 'summary.json'}")

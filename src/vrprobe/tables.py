@@ -1,17 +1,25 @@
-"""A study's table for people: number formatting shared by the terminal table (rich) and the HTML report, and the
-verdict in words. Formatting only: every number comes from `study.run_study`.
+"""A study's table for people: number formatting shared by the terminal and the HTML report, the table's columns, and
+the verdict in words. Formatting only: every number comes from `study.run_study`; `vrprobe.terminal` lays it out.
 
-`sig3(x)` three significant digits, `params(n)` 1.47M, `p_value(p)` compact p, `r_interval(cell)` +0.123 [+0.05, +0.19];
-`study_table(rows)` the rich table; `verdict_lines(rows)` one sentence per row.
+`sig3(x)` three significant digits, `params(n)` 1.47M, `p_value(p)` compact p, `signed(x)` +0.163,
+`r_interval(cell)` +0.123 [+0.05, +0.19], `integration_text(layers)`, `auroc_interval_text(row, signal)`,
+`heads_text(names, cells, n)` a count and the top few heads; `Column` one terminal column (header, cell text per row):
+`KEY_COLUMNS` the study table's default ones, `MORE_COLUMNS` the others, `RELIABILITY_COLUMNS` the held-out
+reliability signals; `verdict_lines(rows, width, heads)` one short line per question asked, each within `width`;
+`wrap(text, width)` word wrapping that never breaks a name or a number group.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from rich.table import Table
+#: joins the parts of one number group ('+0.12 [+0.05, +0.19]') so that `wrap` never splits it
+GLUE = "\u00a0"
 
 
 def sig3(x: float | int | None) -> str:
@@ -47,51 +55,20 @@ def p_value(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.2g}"
 
 
+def signed(x: float | None, digits: int = 3) -> str:
+    """A number with an explicit sign to `digits` decimals: '+0.163', '-0.05'; None and NaN as 'n/a'."""
+    if x is None or math.isnan(x):
+        return "n/a"
+    return f"{x:+.{digits}f}"
+
+
 def r_interval(cell: dict[str, Any], digits: int = 3) -> str:
     """A correlation and its 95% interval, '+0.123 [+0.05, +0.19]' (r to `digits`, bounds to 2 decimals)."""
     if cell.get("r") is None:
         return "n/a"
     lo, hi = cell["ci"]
-    bounds = ", ".join("n/a" if b is None else f"{b:+.2f}" for b in (lo, hi))
-    return f"{cell['r']:+.{digits}f} [{bounds}]"
-
-
-def study_table(rows: Sequence[dict[str, Any]]) -> Table:
-    """One line per model × dataset: params, accuracy, ECE, r(sharp, acc), r(sharp, overconf), band, drop, sharpness."""
-    t = Table(title="vrprobe study (sharp = −normalised attention entropy; r with 95% bootstrap CI)")
-    for col in (
-        "model",
-        "data",
-        "params",
-        "n",
-        "acc",
-        "ECE",
-        "r(sharp, acc)",
-        "r(sharp, overconf)",
-        "r(conf, acc)",
-        "band",
-        "drop",
-        "entropy clean→band",
-        "integration layers",
-    ):
-        t.add_column(col, justify="left" if col in ("model", "data") else "right")
-    for row in rows:
-        t.add_row(
-            row["model"],
-            row["data"],
-            params(row["params"]),
-            str(row["n"]),
-            f"{row['accuracy']:.3f}",
-            f"{row['ece']:.3f}",
-            r_interval(row["r_sharpness_accuracy"], digits=2),
-            r_interval(row["r_sharpness_overconfidence"], digits=2),
-            r_interval(row["r_confidence_accuracy"], digits=2),
-            f"{row['band'][0]}-{row['band'][1]}",
-            f"{row['drop_abs']:.3f} ({row['drop_rel']:.0%})",
-            f"{row['sharpness_clean']:.3f}→{row['sharpness_corrupted']:.3f}",
-            integration_text(row.get("integration_layers")),
-        )
-    return t
+    bounds = ", ".join(signed(b, 2) for b in (lo, hi))
+    return f"{signed(cell['r'], digits)} [{bounds}]"
 
 
 def integration_text(layers: dict[str, Any] | None) -> str:
@@ -115,59 +92,182 @@ def auroc_interval_text(row: dict[str, Any], signal: str) -> str:
     return f"{value:.2f} [{'n/a' if ci[0] is None else f'{ci[0]:.2f}'}, {'n/a' if ci[1] is None else f'{ci[1]:.2f}'}]"
 
 
-def reliability_table(rows: Sequence[dict[str, Any]]) -> Table:
-    """One line per model × dataset: each signal's held-out AUROC [95% interval], the probe's layer, AURC."""
-    t = Table(title="reliability signals on held-out samples (AUROC correct vs incorrect [95% bootstrap CI])")
-    signals = ("confidence", "sharpness", "margin", "probe")
-    for col in ("model", "data", "n held out", *signals, "probe layer", "AURC conf", "AURC probe"):
-        t.add_column(col, justify="left" if col in ("model", "data") else "right")
-    for row in rows:
-        t.add_row(
-            row["model"],
-            row["data"],
-            str(row.get("n_held_out", "")),
-            *(auroc_interval_text(row, s) for s in signals),
-            "n/a" if row.get("probe_layer") is None else str(row["probe_layer"]),
-            *(sig3(row.get(f"aurc_{s}")) for s in ("confidence", "probe")),
-        )
-    return t
+@dataclass(frozen=True)
+class Column:
+    """One column of a terminal table: its header and its cell's text for a table row (`left`: left-justified)."""
+
+    header: str
+    cell: Callable[[dict[str, Any]], str]
+    left: bool = False
 
 
-def verdict_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One line per row: which signals predict correctness, and the belief's status, from the computed verdict."""
-    out = []
+def _band(row: dict[str, Any]) -> str:
+    return f"{row['band'][0]}-{row['band'][1]}"
+
+
+#: the study table's default columns: the names, accuracy, ECE, r(sharp, correct) with its CI, the causal drop
+KEY_COLUMNS = (
+    Column("model", lambda row: row["model"], left=True),
+    Column("data", lambda row: row["data"], left=True),
+    Column("acc", lambda row: f"{row['accuracy']:.3f}"),
+    Column("ECE", lambda row: f"{row['ece']:.3f}"),
+    Column("r(sharp, acc)", lambda row: r_interval(row["r_sharpness_accuracy"], digits=2)),
+    Column("drop", lambda row: f"{row['drop_abs']:.3f} ({row['drop_rel']:.0%})"),
+)
+#: every other column of a study row that reads as one cell (`vrprobe show --all`)
+MORE_COLUMNS = (
+    Column("family", lambda row: str(row.get("family", "n/a")), left=True),
+    Column("params", lambda row: params(row.get("params"))),
+    Column("device", lambda row: str(row.get("device", "n/a")), left=True),
+    Column("dtype", lambda row: str(row.get("dtype", "n/a")), left=True),
+    Column("n", lambda row: str(row["n"])),
+    Column("mean conf", lambda row: sig3(row.get("mean_confidence"))),
+    Column("ACE", lambda row: sig3(row.get("ace"))),
+    Column("MCE", lambda row: sig3(row.get("mce"))),
+    Column("Brier", lambda row: sig3(row.get("brier"))),
+    Column("r(sharp, overconf)", lambda row: r_interval(row["r_sharpness_overconfidence"], digits=2)),
+    Column("r(conf, acc)", lambda row: r_interval(row["r_confidence_accuracy"], digits=2)),
+    Column("band", _band),
+    Column("band positions", lambda row: str(row.get("band_positions", "n/a")), left=True),
+    Column("acc band", lambda row: sig3(row.get("accuracy_band_corrupted"))),
+    Column("entropy clean→band", lambda row: f"{row['sharpness_clean']:.3f}→{row['sharpness_corrupted']:.3f}"),
+    Column("integration layers", lambda row: integration_text(row.get("integration_layers")), left=True),
+    Column("band rank", lambda row: sig3(row.get("band_rank"))),
+)
+#: held-out AUROC of each reliability signal [95% bootstrap CI], the probe's layer, AURC
+RELIABILITY_COLUMNS = (
+    Column("n held out", lambda row: str(row.get("n_held_out", ""))),
+    *(Column(s, lambda row, s=s: auroc_interval_text(row, s)) for s in ("confidence", "sharpness", "margin", "probe")),
+    Column("probe layer", lambda row: "n/a" if row.get("probe_layer") is None else str(row["probe_layer"])),
+    *(
+        Column(f"AURC {short}", lambda row, s=s: sig3(row.get(f"aurc_{s}")))
+        for short, s in (("conf", "confidence"), ("sharp", "sharpness"), ("margin", "margin"), ("probe", "probe"))
+    ),
+)
+STUDY_TITLE = "vrprobe study (sharp = −normalised attention entropy; r [95% bootstrap CI]; drop: band corrupted)"
+RELIABILITY_TITLE = "reliability signals on held-out samples (AUROC correct vs incorrect [95% bootstrap CI])"
+
+
+def wrap(text: str, width: int, indent: str = "", more: str = "    ") -> list[str]:
+    """`text` in lines of at most `width` characters, broken at spaces only (a name longer than the width stays whole
+    on its own line); `indent` starts the first line, `more` the others; `GLUE` holds a number group together."""
+    lines = textwrap.wrap(
+        text,
+        width=max(width, 1),
+        initial_indent=indent,
+        subsequent_indent=more,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return [line.replace(GLUE, " ") for line in lines] or [indent.rstrip()]
+
+
+def _glued(text: str) -> str:
+    return text.replace(" ", GLUE)
+
+
+def _status(text: str) -> str:
+    """The verdict's status word(s) before its colon: 'supported', 'contradicted', 'not shown', 'no', 'yes'."""
+    return text.partition(":")[0].strip()
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _head_label(name: str) -> tuple[str, tuple[int, Any] | None]:
+    """'layer 3 head 1' → ('L3H1', (3, 1)); 'layer 3' (the layer's mean over heads) → ('L3 mean', (3, 'mean'))."""
+    m = re.fullmatch(r"layer (\d+)(?: head (\d+))?", name)
+    if not m:
+        return name, None
+    layer, head = int(m[1]), (int(m[2]) if m[2] is not None else "mean")
+    return (f"L{layer}H{head}" if head != "mean" else f"L{layer}{GLUE}mean"), (layer, head)
+
+
+def heads_text(names: Sequence[str], cells: Sequence[dict[str, Any]] | None, n_tests: int | None, top: int = 3) -> str:
+    """'12 of 40; top 3: L3H1 r=+0.21, L2H0 r=+0.18, L5 mean r=+0.15': how many layers/heads the verdict names (of
+    `n_tests`), and the `top` of them by q then |r| (r from the study's per-head `cells`; names only without them);
+    all of them, without 'top', when they are no more than `top`."""
+    count = f"{len(names)} of {n_tests}" if n_tests is not None else str(len(names))
+    if not names:
+        return count
+    by_key = {(c["layer"], c["head"]): c for c in cells or ()}
+    labelled = []
+    for name in names:
+        label, key = _head_label(name)
+        labelled.append((label, by_key.get(key)))
+    if all(c is not None for _, c in labelled):
+        labelled.sort(key=lambda lc: (lc[1]["q_correct"], -abs(lc[1]["r_correct"])))
+    shown = [label + (f"{GLUE}r={signed(c['r_correct'], 2)}" if c is not None else "") for label, c in labelled[:top]]
+    return f"{count}; top {top}: {', '.join(shown)}" if len(names) > top else f"{count}: {', '.join(shown)}"
+
+
+def _fitting(
+    label: str, names: Sequence[str], cells: Sequence[dict[str, Any]] | None, n: int | None, width: int
+) -> str:
+    """`label` + `heads_text` with as many top heads (3, 2, then 1) as keep the indented line within `width`."""
+    for top in (3, 2):
+        text = label + heads_text(names, cells, n, top)
+        if len(wrap(text, width, indent="  ")) == 1:
+            return text
+    return label + heads_text(names, cells, n, 1)
+
+
+def _answers(row: dict[str, Any], cells: Sequence[dict[str, Any]] | None, width: int) -> list[str]:
+    """One line per question the study answers for `row`: its status, the number and its CI (from `row["verdict"]`
+    and the row's own numbers; `cells`: the row's per-head cells, for the top heads' r; `width`: how many fit)."""
+    v = row["verdict"]
+
+    def r(label: str, key: str) -> str:
+        return _glued(f"{label} {r_interval(row[key], digits=2)}")
+
+    def auroc(signal: str) -> str:
+        return _glued(auroc_interval_text(row, signal))
+
+    lines = [
+        f"belief 'sharp = reliable': {_status(v['belief_sharp_attention_means_reliable'])}, "
+        f"{r('r(sharp, acc)', 'r_sharpness_accuracy')}",
+        f"confidence predicts correctness: {_yes(v['confidence_predicts_correctness'])}, "
+        f"{r('r(conf, acc)', 'r_confidence_accuracy')}",
+        f"sharpness predicts overconfidence: {_yes(v['sharpness_predicts_overconfidence'])}, "
+        f"{r('r(sharp, overconf)', 'r_sharpness_overconfidence')}",
+        f"stays focused (band {_band(row)} corrupted): {_yes(v['attention_stays_focused_while_accuracy_drops'])}, "
+        f"Δ norm. entropy {signed(v['normalised_entropy_change_under_band_corruption'])}, drop {row['drop_abs']:.3f}",
+    ]
+    if "most_reliable_signal" in v:
+        best = v["most_reliable_signal"]
+        most = f"{best}, AUROC {auroc(best)}" if best else "none (AUROC intervals overlap)"
+        lines += [
+            f"reliability signals, most reliable: {most}",
+            f"probe beats confidence: {_status(v['probe_beats_confidence'])}, AUROC {auroc('probe')} vs "
+            f"conf. {auroc('confidence')}",
+        ]
+    if "causal_band_rank" in v:
+        n_tests = (row.get("head_sharpness") or {}).get("n_tests")
+        lines += [
+            f"causal band {_band(row)} hurts most in its sweep: {_yes(v['causal_band_special'])} "
+            f"(rank {v['causal_band_rank']})",
+            f"integration layers: {integration_text(row.get('integration_layers'))}",
+            _fitting(
+                "heads predicting correctness (BH q < 0.05): ", v["heads_predicting_correctness"], cells, n_tests, width
+            ),
+            _fitting("heads going with errors (BH q < 0.05): ", v["heads_going_with_errors"], cells, n_tests, width),
+            f"stays focused (non-image corrupted): {_yes(v['focused_while_accuracy_drops_non_image'])}, "
+            f"Δ norm. entropy {signed(v['non_image_entropy_change'])}, drop {signed(v['non_image_drop_abs'])}",
+        ]
+    return lines
+
+
+def verdict_lines(
+    rows: Sequence[dict[str, Any]], width: int = 100, heads: Mapping[str, Sequence[dict[str, Any]]] | None = None
+) -> list[str]:
+    """Per row, a 'model · data' line, then one short line per question the study answers (its status, the number,
+    its CI), each at most `width` characters (a longer one wraps at spaces, never inside a name or a number group);
+    `heads`: summary.json's per-head cells by 'model · data', for the top heads' r."""
+    out: list[str] = []
     for row in rows:
-        v = row["verdict"]
-        signals = ", ".join(v["signals_predicting_correctness"]) or "none"
-        focus = "stays focused" if v["attention_stays_focused_while_accuracy_drops"] else "does not stay focused"
-        key = "r_confidence_accuracy" if v["stronger_signal"] == "confidence" else "r_sharpness_accuracy"
-        r = row[key]["r"]
-        strongest = f"{v['stronger_signal']} (r = {r:+.2f})" if r is not None else v["stronger_signal"]
-        out.append(
-            f"{row['model']} · {row['data']}: signals predicting correctness: {signals}; largest |r| with "
-            f"correctness: {strongest}; under band corruption attention {focus} "
-            f"(Δ normalised entropy {v['normalised_entropy_change_under_band_corruption']:+.3f}); "
-            f"belief 'sharp attention = reliable': {v['belief_sharp_attention_means_reliable']}"
-            + (
-                f"; most reliable signal: {v['most_reliable_signal'] or 'none (AUROC intervals overlap)'}; "
-                f"probe beats confidence: {v['probe_beats_confidence']}"
-                if "most_reliable_signal" in v
-                else ""
-            )
-            + (
-                f"; integration layers {integration_text(row.get('integration_layers'))} beside band "
-                f"{row['band'][0]}-{row['band'][1]} (rank {v['causal_band_rank']} of its sweep by accuracy drop); "
-                f"heads whose sharpness predicts correctness (BH q < 0.05): "
-                f"{', '.join(v['heads_predicting_correctness']) or 'none'}"
-                + (
-                    f", going with errors: {', '.join(v['heads_going_with_errors'])}"
-                    if v["heads_going_with_errors"]
-                    else ""
-                )
-                + f"; corrupting non-image positions: accuracy drop {v['non_image_drop_abs']:+.3f}, Δ normalised "
-                f"entropy {v['non_image_entropy_change']:+.3f}"
-                if "causal_band_rank" in v
-                else ""
-            )
-        )
+        key = f"{row['model']} · {row['data']}"
+        out += wrap(key, width)
+        for line in _answers(row, (heads or {}).get(key), width):
+            out += wrap(line, width, indent="  ", more="      ")
     return out
