@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-compat lint clean chromium
+.PHONY: demo test test-numerics test-compat lint clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ chromium:
 TEST_WORKERS ?= 2
 test: $(STAMP) chromium
 	OMP_NUM_THREADS=1 VRPROBE_ARTIFACTS=runs/artifacts $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist load
+
+# The numeric tests the way other machines run them: torch's deterministic algorithms, at 1 and at 2 torch threads
+# (another thread count sums in another order, as another CPU's BLAS does). Each tolerance comes from tests/numerics.py.
+NUMERIC_TESTS ?= tests/test_attribution.py tests/test_tracing.py tests/test_interventions.py tests/test_exact_work.py \
+	tests/test_precision.py
+test-numerics: $(STAMP)
+	for threads in 1 2; do \
+		OMP_NUM_THREADS=$$threads VRPROBE_TORCH_THREADS=$$threads VRPROBE_DETERMINISTIC=1 \
+			$(BIN)/python -m pytest -q $(NUMERIC_TESTS) || exit 1; \
+	done
 
 # Layer replay (vrprobe.tracing) calls transformers' decoder layers directly, so it depends on how they are called.
 # This runs the tests that load models against the newest supported transformers, in a venv of its own so that

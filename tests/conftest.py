@@ -8,11 +8,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from vrprobe.registry import load_adapter
 
 FAMILIES = ("llava", "paligemma", "qwen2vl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `make test-numerics`: the numeric tests with torch's deterministic algorithms, at 1 and at 2 threads
+if os.environ.get("VRPROBE_DETERMINISTIC") == "1":
+    torch.use_deterministic_algorithms(True)
+if os.environ.get("VRPROBE_TORCH_THREADS"):
+    torch.set_num_threads(int(os.environ["VRPROBE_TORCH_THREADS"]))
+
+
+def pytest_report_header(config):
+    return (
+        f"torch {torch.__version__}: {torch.get_num_threads()} thread(s), "
+        f"deterministic algorithms {'on' if torch.are_deterministic_algorithms_enabled() else 'off'}"
+    )
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
