@@ -11,7 +11,7 @@ import torch
 import vrprobe
 from vrprobe.batching import activation_bytes, auto_batch_size, run_batches
 from vrprobe.data import load_dataset
-from vrprobe.devices import Placement, resolve_device, resolve_dtype
+from vrprobe.devices import LoadOptions, resolve_device, resolve_dtype
 from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.evaluate import score_batch
 from vrprobe.registry import load_adapter
@@ -34,9 +34,9 @@ def test_device_and_dtype_resolution():
     with pytest.raises(UsageError, match="unknown --dtype 'half'"):
         resolve_dtype("half", cpu)
     with pytest.raises(UsageError, match="unknown --device-map"):
-        Placement(device_map="balanced").check()
+        LoadOptions(device_map="balanced").check()
     with pytest.raises(UsageError, match="--max-pixels must be an integer >= 1"):
-        Placement(max_pixels=0).check()
+        LoadOptions(max_pixels=0).check()
 
 
 def test_eval_records_device_and_dtype(tmp_path):

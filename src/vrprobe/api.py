@@ -18,7 +18,7 @@ from vrprobe.band import AUTO_GROUPS, BandResult, auto_band, check_band_options,
 from vrprobe.band import DEFINITIONS as BAND_DEFINITIONS
 from vrprobe.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.data import load_dataset, stratified_subset
-from vrprobe.devices import Placement
+from vrprobe.devices import LoadOptions
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import DEFINITIONS as EVAL_DEFINITIONS
 from vrprobe.evaluate import score_batch, summarize
@@ -93,7 +93,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.evaluate`)."""
     checks.options(limit=limit, seed=seed, max_new_tokens=max_new_tokens)
     batch_size = batch_size_option(batch_size)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
+    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {
         "command": "eval",
         "model": model,
@@ -102,11 +102,11 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
         "seed": seed,
         "image_ablation": image_ablation,
         "max_new_tokens": max_new_tokens,
-        **asdict(placement),
+        **asdict(load_options),
     }
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed, image_ablation=image_ablation)
-    adapter = placement.load(model)
+    adapter = load_options.load(model)
     torch.manual_seed(seed)
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
     records: list[dict[str, Any]] = []
@@ -158,11 +158,11 @@ def trace(
     checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
     kinds = kinds.split(",") if isinstance(kinds, str) else kinds  # trace(kinds="resid,mlp") as on the CLI
     cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
-    config = {"command": "trace", "model": model, "data": data, "limit": limit, **asdict(cfg), **asdict(placement)}
+    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
+    config = {"command": "trace", "model": model, "data": data, "limit": limit, **asdict(cfg), **asdict(load_options)}
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = placement.load(model)
+    adapter = load_options.load(model)
     done = {r[0] for r in run.done(("sample_id",), "traces")} if run else set()
     rows: list[dict[str, Any]] = []
 
@@ -217,7 +217,7 @@ def corrupt(
     batch_size = batch_size_option(batch_size)
     checks.band_spec(band)
     check_band_options(target, positions)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
+    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {
         "command": "corrupt",
         "model": model,
@@ -229,11 +229,11 @@ def corrupt(
         "limit": limit,
         "trace_limit": trace_limit,
         "seed": seed,
-        **asdict(placement),
+        **asdict(load_options),
     }
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = placement.load(model)
+    adapter = load_options.load(model)
     if band == "auto":
         subset = stratified_subset(dataset.samples, trace_limit, seed)
         traced = trace_dataset(adapter, subset, TraceConfig(kinds=("resid",), seed=seed))
@@ -329,7 +329,7 @@ def study(
         max_new_tokens=max_new_tokens,
     )
     batch_size = batch_size_option(batch_size)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
+    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     for spec in checks.spec_list("--models", models):  # a typo in the last model fails now, not after the first
         checks.model_spec(spec, trust_remote_code=trust_remote_code)
     checks.spec_list("--data", data)
@@ -348,7 +348,7 @@ def study(
         band_positions=band_positions,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
-        placement=placement,
+        load_options=load_options,
     )
     if not cfg.models or not cfg.data:
         raise UsageError("--models and --data each need at least one spec")

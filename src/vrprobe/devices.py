@@ -91,7 +91,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 @dataclass(frozen=True)
-class Placement:
+class LoadOptions:
     """The load options every command shares (`--device`, `--dtype`, `--device-map`, `--min-pixels`,
     `--max-pixels`, `--trust-remote-code`), as the user gave them; written into the run's manifest. The resolved
     device and dtype go into the summary (`facts`)."""
@@ -114,7 +114,7 @@ class Placement:
                 checks.positive_int(name, value)
         return where, precision, device_map
 
-    def check(self) -> Placement:
+    def check(self) -> LoadOptions:
         """`resolve` for its errors only; returns these options."""
         self.resolve()
         return self

@@ -37,7 +37,7 @@ from vrprobe import checks
 from vrprobe.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.checks import finite_logits
 from vrprobe.data import Sample, load_dataset
-from vrprobe.devices import Placement
+from vrprobe.devices import LoadOptions
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import score_batch, summarize
 from vrprobe.interventions import Edit, Knockout, Site, intervene
@@ -298,12 +298,12 @@ def knockout(
     edges = parse_edges(edges)
     window = check_window(window)
     batch_size = batch_size_option(batch_size)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
+    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {"command": "knockout", "model": model, "data": data, "window": window, "edges": list(edges)}
-    config.update(limit=limit, seed=seed, **asdict(placement))
+    config.update(limit=limit, seed=seed, **asdict(load_options))
     dataset = load_dataset(data, limit=limit, seed=seed)
     blank = load_dataset(data, limit=limit, seed=seed, image_ablation="blank") if window == "all" else None
-    adapter = placement.load(model)
+    adapter = load_options.load(model)
     k = window_size(window, adapter.num_layers)
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     done = {r[0] for r in run.done(("sample_id",))} if run else set()

@@ -21,7 +21,7 @@ from vrprobe import checks
 from vrprobe.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.data import load_dataset
 from vrprobe.data.shift import shift_images
-from vrprobe.devices import Placement
+from vrprobe.devices import LoadOptions
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import score_batch
 from vrprobe.metrics.selective import auroc, auroc_interval, selective
@@ -108,7 +108,7 @@ def probe(
     specs = [s for s in (eval_data.split(",") if isinstance(eval_data, str) else eval_data) if s]
     if not specs:
         raise UsageError("--eval-data needs at least one dataset spec")
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
+    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {
         "command": "probe",
         "model": model,
@@ -117,7 +117,7 @@ def probe(
         "layers": list(layers) if layers else None,
         "limit": limit,
         "seed": seed,
-        **asdict(placement),
+        **asdict(load_options),
     }
     train_set = load_dataset(data, limit=limit, seed=seed)
     test_sets = [load_dataset(spec, limit=limit, seed=seed) for spec in specs]
@@ -127,7 +127,7 @@ def probe(
             raise UsageError(
                 f"--eval-data {spec} shares samples with the training data {data}: held out means held out"
             )
-    adapter = placement.load(model)
+    adapter = load_options.load(model)
     bad = [x for x in layers or () if not 0 <= x < adapter.num_layers]
     if bad:
         raise UsageError(f"probe layer {bad[0]} is out of range: the model has layers 0..{adapter.num_layers - 1}")
@@ -248,11 +248,11 @@ def attribute(
     checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
     kinds = kinds.split(",") if isinstance(kinds, str) else kinds
     cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
-    placement = Placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
+    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     config = {"command": "attribute", "model": model, "data": data, "limit": limit, "compare_trace": compare_trace}
-    config.update({**asdict(cfg), **asdict(placement)})
+    config.update({**asdict(cfg), **asdict(load_options)})
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = placement.load(model)
+    adapter = load_options.load(model)
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     done = {r[0] for r in run.done(("sample_id",), "comparison" if compare_trace else "traces")} if run else set()
     sigma = measure_sigma(adapter, dataset.samples)

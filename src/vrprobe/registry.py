@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vrprobe.devices import Placement
+from vrprobe.devices import LoadOptions
 from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.interventions.attention import NAME as ATTENTION_NAME
 from vrprobe.interventions.attention import register
@@ -173,7 +173,7 @@ def load_adapter(
     float16 on other GPUs, float32 on the CPU), or across devices with `device_map="auto"`; `min_pixels` /
     `max_pixels` bound a native-resolution processor's image resizing (Qwen2-VL and its successors);
     `trust_remote_code` lets a checkpoint's own code run (off by default: `--trust-remote-code`)."""
-    where, precision, device_map = Placement(device, dtype, device_map, min_pixels, max_pixels).resolve()
+    where, precision, device_map = LoadOptions(device, dtype, device_map, min_pixels, max_pixels).resolve()
     path = resolve(spec)
     cls = family_of(path, trust_remote_code=trust_remote_code)
     if not any((path / f).is_file() for f in PROCESSOR_FILES):

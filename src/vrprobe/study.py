@@ -22,7 +22,7 @@ from vrprobe.batching import choose_batch_size, run_batches
 from vrprobe.controls import DEFINITIONS as CONTROL_DEFINITIONS
 from vrprobe.controls import controls_verdict, run_controls
 from vrprobe.data import Dataset, load_dataset, stratified_subset
-from vrprobe.devices import Placement
+from vrprobe.devices import LoadOptions
 from vrprobe.devices import facts as device_facts
 from vrprobe.evaluate import score_batch
 from vrprobe.knockout import DEFINITIONS as KNOCKOUT_DEFINITIONS
@@ -95,7 +95,7 @@ class StudyConfig:
     n_boot: int = 2000
     max_new_tokens: int = 10
     probe_limit: int = 1000
-    placement: Placement = field(default_factory=Placement)
+    load_options: LoadOptions = field(default_factory=LoadOptions)
 
 
 @dataclass
@@ -293,7 +293,7 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
     probes: dict[str, dict[str, Any]] = {}
     for spec in cfg.models:
         torch.manual_seed(cfg.seed)
-        adapter = cfg.placement.load(spec)
+        adapter = cfg.load_options.load(spec)
         facts[spec] = {"family": adapter.family, "params": adapter.num_params, **device_facts(adapter)}
         if spec not in bands:
             bands[spec] = find_band(adapter, spec, datasets[0], cfg, progress)

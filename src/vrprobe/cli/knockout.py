@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vrprobe.cli import (
-    Bars,
-    BatchSize,
-    Data,
-    Device,
-    DeviceMap,
-    Dtype,
-    Limit,
-    MaxPixels,
-    MinPixels,
-    Model,
-    Overwrite,
-    Seed,
-    TrustRemoteCode,
-    _placement,
-    app,
-)
+from vrprobe.cli.app import app
+from vrprobe.cli.options import Bars, BatchSize, Data, Limit, Model, Overwrite, Seed, with_load_options
 from vrprobe.knockout import EDGES
+
+if TYPE_CHECKING:
+    from vrprobe.devices import LoadOptions
 
 
 @app.command("knockout")
+@with_load_options
 def knockout_cmd(
     model: Model,
     data: Data,
@@ -42,13 +32,9 @@ def knockout_cmd(
     limit: Limit = None,
     batch_size: BatchSize = "16",
     seed: Seed = 0,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    device_map: DeviceMap = None,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
+    *,
+    load: LoadOptions,
 ) -> None:
     """Block attention edges between token groups over windows of layers and measure the relative change in
     p(answer): where does image information reach the question and the answer position?
@@ -75,7 +61,7 @@ def knockout_cmd(
             limit=limit,
             batch_size=batch_size,
             seed=seed,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
+            **asdict(load),
             overwrite=overwrite,
             progress=bars,
         )

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from vrprobe.cli import Bars, Seed, app
+from vrprobe.cli.app import app
+from vrprobe.cli.options import Bars, Seed
 from vrprobe.errors import UsageError, VrprobeError
 
 zoo_app = typer.Typer(no_args_is_help=True, help="The built-in zoo of tiny trained models.")

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vrprobe.cli import (
-    Bars,
-    BatchSize,
-    Data,
-    Device,
-    DeviceMap,
-    Dtype,
-    Limit,
-    MaxPixels,
-    MinPixels,
-    Model,
-    Overwrite,
-    Seed,
-    TrustRemoteCode,
-    _placement,
-    app,
-)
+from vrprobe.cli.app import app
+from vrprobe.cli.options import Bars, BatchSize, Data, Limit, Model, Overwrite, Seed, with_load_options
 from vrprobe.errors import UsageError
 
 
@@ -40,7 +26,12 @@ def parse_layers(text: str | None) -> list[int] | None:
     return sorted(layers)
 
 
+if TYPE_CHECKING:
+    from vrprobe.devices import LoadOptions
+
+
 @app.command("probe")
+@with_load_options
 def probe_cmd(
     model: Model,
     data: Annotated[str, typer.Option(help="Training dataset spec (easy-VQA: easy-vqa:train).")],
@@ -52,13 +43,9 @@ def probe_cmd(
     limit: Limit = None,
     batch_size: BatchSize = "32",
     seed: Seed = 0,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    device_map: DeviceMap = None,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
+    *,
+    load: LoadOptions,
 ) -> None:
     """Train hidden-state reliability probes on --data and score them beside confidence, sharpness and the logit
     margin on held-out --eval-data: AUROC (95% bootstrap interval), AURC and accuracy at 50/80/90% coverage.
@@ -82,7 +69,7 @@ def probe_cmd(
             limit=limit,
             batch_size=batch_size,
             seed=seed,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
+            **asdict(load),
             overwrite=overwrite,
             progress=bars,
         )
@@ -97,6 +84,7 @@ def probe_cmd(
 
 
 @app.command("attribute")
+@with_load_options
 def attribute_cmd(
     model: Model,
     data: Data,
@@ -112,13 +100,9 @@ def attribute_cmd(
     compare_trace: Annotated[
         bool, typer.Option(help="Also run the exact causal trace: per-sample Spearman, top-3 recall, cost ratio.")
     ] = False,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    device_map: DeviceMap = None,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    trust_remote_code: TrustRemoteCode = False,
     overwrite: Overwrite = False,
+    *,
+    load: LoadOptions,
 ) -> None:
     """Attribution patching: the causal trace's whole grid estimated to first order from one clean forward, one
     corrupted forward of the noise draws and one backward per sample (gradient of p(target) x (clean - corrupted)).
@@ -140,7 +124,7 @@ def attribute_cmd(
             window=window,
             seed=seed,
             compare_trace=compare_trace,
-            **_placement(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code),
+            **asdict(load),
             overwrite=overwrite,
             progress=bars,
         )
