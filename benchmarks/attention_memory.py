@@ -6,9 +6,11 @@ recording the last query row's probabilities as `vrprobe eval` does for sharpnes
 - `eager`: every row explicit (the function's eager path, as before the split), recording the same row.
 Each variant runs in its own fresh process; its peak is the rise of the process's peak resident memory (CPU) or of
 `torch.cuda.max_memory_allocated` (GPU) over the moment the inputs were allocated. The recorded rows are compared
-too (they must agree to 1e-5).
+too (they must agree to 1e-5). `--repeats` fresh processes per variant, the variants taking turns (the order reversed
+each round); each figure is printed as `median [min-max]` over them, the ratio over the paired rounds. The first
+line names the CPU (`attention_memory[cpu]: model="..." cores=N torch_threads=T`).
 
-    python benchmarks/attention_memory.py [--tokens 600] [--batch 1] [--device cpu]
+    python benchmarks/attention_memory.py [--tokens 600] [--batch 1] [--device cpu] [--repeats 3] [--threads T]
 Last line: `attention_memory: tokens=T batch=B eager_mib=X split_mib=Y ratio=X/Y max_abs_diff=D`
 """
 
@@ -21,6 +23,8 @@ import subprocess
 import sys
 
 import torch
+
+from timing import Spread, cpu, ratios, set_threads
 
 HEADS, HEAD_DIM = 32, 128
 
@@ -58,24 +62,45 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=600)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per variant, alternating (default 3)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
     parser.add_argument("--child", choices=("split", "eager"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.tokens < 2 or args.batch < 1:
-        parser.error("--tokens must be at least 2 and --batch at least 1")
+    if args.tokens < 2 or args.batch < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--tokens must be at least 2, --batch, --repeats and --threads at least 1")
     if args.child:
+        set_threads(args.threads)
         print(json.dumps(child(args.child, args.tokens, args.batch, args.device)))
         return
-    runs = {}
-    for variant in ("eager", "split"):
-        cmd = [sys.executable, __file__, "--child", variant, "--tokens", str(args.tokens), "--batch", str(args.batch)]
-        out = subprocess.run([*cmd, "--device", args.device], capture_output=True, text=True, check=True).stdout
-        runs[variant] = json.loads(out.strip().splitlines()[-1])
-        print(f"attention_memory[{variant}]: peak rise {runs[variant]['rise_mib']:.1f} MiB")
-    diff = max(abs(a - b) for a, b in zip(runs["eager"]["row"], runs["split"]["row"], strict=True))
-    eager, split = runs["eager"]["rise_mib"], runs["split"]["rise_mib"]
+    set_threads(args.threads)
+    print(f"attention_memory[cpu]: {cpu()}", flush=True)
+    peaks: dict[str, list[float]] = {"eager": [], "split": []}
+    rows: dict[str, list[float]] = {}
+    for r in range(args.repeats):  # fresh processes, the variants taking turns (the order reversed each round)
+        for variant in ("eager", "split") if r % 2 == 0 else ("split", "eager"):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--tokens",
+                str(args.tokens),
+                "--batch",
+                str(args.batch),
+            ]
+            threads = ["--threads", str(torch.get_num_threads())]
+            out = subprocess.run([*cmd, *threads, "--device", args.device], capture_output=True, text=True, check=True)
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            peaks[variant].append(run["rise_mib"])
+            rows[variant] = run["row"]
+    for variant, values in peaks.items():
+        print(f"attention_memory[{variant}]: peak rise {Spread.of(values).fmt(1)} MiB")
+    diff = max(abs(a - b) for a, b in zip(rows["eager"], rows["split"], strict=True))
+    eager, split = Spread.of(peaks["eager"]), Spread.of(peaks["split"])
+    ratio = ratios(peaks["eager"], [max(x, 0.1) for x in peaks["split"]])
     print(
-        f"attention_memory: tokens={args.tokens} batch={args.batch} eager_mib={eager:.1f} split_mib={split:.1f} "
-        f"ratio={eager / max(split, 0.1):.1f} max_abs_diff={diff:.2e}"
+        f"attention_memory: tokens={args.tokens} batch={args.batch} eager_mib={eager.fmt(1)} split_mib={split.fmt(1)} "
+        f"ratio={ratio.fmt(1)} max_abs_diff={diff:.2e}"
     )
 
 

@@ -8,9 +8,12 @@
    image geometry). easy-VQA test images, upscaled to 640×480. On the same model, grid (resid, mlp, attn × 3 groups
    × every layer), noise draws and samples it times the engine (`Tracer.trace`) and ROME's per-restoration loop
    (`trace_speed.rome_trace`, logits at the answer position only), and prints
-   `real_shape[FAMILY]: layers=L image_tokens=N speedup=X exact_ceiling=C fraction_of_ceiling=F max_abs_diff=D`
-   with exact_ceiling = `reference_work / exact_work` (`vrprobe.tracing.restoration`, in row × layer × position units)
-   and fraction_of_ceiling = speedup / exact_ceiling.
+   `real_shape[FAMILY]: layers=L image_tokens=N speedup=X exact_ceiling=C fraction_of_ceiling=F max_abs_diff=D
+   recording_overhead=R` with exact_ceiling = `reference_work / exact_work` (`vrprobe.tracing.restoration`, in
+   row × layer × position units) and fraction_of_ceiling = speedup / exact_ceiling. recording_overhead is eval's
+   recording at this structure: the prompt forward of `--eval-batch` samples recording every layer's output and the
+   answer position's attention at every layer, over the same forward in plain eager attention (and, in the details,
+   over a plain SDPA forward, transformers' default).
 2. Compute efficiency at LLaVA-1.5-7B's real width (hidden 4096, MLP 11008, 32 heads, vocabulary 32,064;
    `--slice-layers` decoder layers, 594 tokens): this machine's matmul peak for the dtype (`matmul_peak`), then
    `score_batch` on `--eval-batch` samples (what `vrprobe eval` runs per batch: prompt forward with the answer
@@ -21,13 +24,18 @@
 3. Memory flat in dataset size: peak resident memory of `vrprobe eval` on zoo:llava (batch size 8) over 10 and over
    2,000 samples, each in a fresh process, as a ratio.
 
-Defaults (1 sample per family, 2 noise draws, width 128, 2 slice layers) finish in under 10 minutes on a 2-core CPU.
-Last line: `real_shape: min_fraction_of_ceiling=F max_abs_diff=D flop_efficiency_eval=E1 flop_efficiency_trace=E2
-memory_ratio=M`.
+Every timed comparison (engine / reference, and each overhead) runs `--repeats` rounds in which the sides take turns,
+the order reversed each turn (`timing.alternate`), and prints the median of the paired per-round figures with their
+range, `median [min-max]`; the first line names the CPU (`real_shape[cpu]: model="..." cores=N torch_threads=T`).
+Defaults (1 sample per family, 2 noise draws, width 128, 2 slice layers, 3 rounds) take about 25 minutes on a 2-core
+CPU, three quarters of it in ROME's loop. Last line: `real_shape: min_fraction_of_ceiling=F max_abs_diff=D
+flop_efficiency_eval=E1 flop_efficiency_trace=E2 memory_ratio=M recording_overhead=R` (F, E1, E2, R as
+`median [min-max]`; F of the family with the lowest median, R of the one with the highest).
 
     python benchmarks/real_shape.py [--families llava,paligemma,qwen2vl] [--width 128] [--samples 1]
                                     [--noise-samples 2] [--slice-layers 2] [--eval-batch 2]
                                     [--memory-samples 10,2000] [--layers L] [--slice-width W]
+                                    [--repeats 3] [--forwards 3] [--threads T]
 """
 
 from __future__ import annotations
@@ -42,9 +50,11 @@ from pathlib import Path
 
 import torch
 
-from trace_speed import rome_trace
+from timing import Spread, alternate, cpu, ratios, set_threads
+from trace_speed import rome_trace, standard_sites
 from vrprobe.data import load_dataset
 from vrprobe.evaluate import score_batch
+from vrprobe.interventions import intervene
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.registry import load_adapter
 from vrprobe.tracing import TraceConfig, Tracer, exact_work, measure_sigma, reference_work, trace_jobs
@@ -67,23 +77,26 @@ def replicas() -> Path | None:
 
 
 def family_speed(family: str, root: Path, args) -> dict:
-    """Engine vs ROME's loop on one family's real-shape model; the exact-work ceiling from the same prompts."""
+    """Engine vs ROME's loop on one family's real-shape model, `--repeats` alternating rounds; the exact-work ceiling
+    from the same prompts; eval's recording overhead on the same model."""
     path = replica.real_shape(family, root / family, args.width, replicas(), layers=args.layers)
     a = load_adapter(str(path), device="cpu", dtype="float32")
     chosen = samples(args.samples)
     cfg = TraceConfig(noise_samples=args.noise_samples)
     tracer = Tracer(a, measure_sigma(a, chosen), cfg)
     score_batch(a, chosen[:1])  # warm-up
-    t_ours = t_ref = diff = 0.0
+    out: dict[str, list[torch.Tensor]] = {}
+
+    def ours():
+        out["ours"] = [tracer.trace(s, i).p_restored for i, s in enumerate(chosen)]
+
+    def reference():
+        out["ref"] = [rome_trace(a, s, tracer, cfg, i) for i, s in enumerate(chosen)]
+
+    t_ours, t_ref = alternate([ours, reference], args.repeats)  # the sides take turns, so drift hits both alike
+    diff = max(float((x - y).abs().max()) for x, y in zip(out["ours"], out["ref"], strict=True))
     ref_units = least_units = 0
-    for i, s in enumerate(chosen):  # interleaved, so drift in machine speed hits both alike
-        t0 = time.perf_counter()
-        ours = tracer.trace(s, i).p_restored
-        t1 = time.perf_counter()
-        ref = rome_trace(a, s, tracer, cfg, i)
-        t2 = time.perf_counter()
-        t_ours, t_ref = t_ours + t1 - t0, t_ref + t2 - t1
-        diff = max(diff, float((ours - ref).abs().max()))
+    for s in chosen:
         batch = a.encode_samples([s])
         calls = tracer.clean_states(batch)["calls"]
         masks = [positions_mask(g, batch.groups)[0] for g in cfg.groups]
@@ -92,15 +105,45 @@ def family_speed(family: str, root: Path, args) -> dict:
         least_units += exact_work(attends(calls), noised, masks, jobs, a.num_layers, cfg.noise_samples, cfg.window)
         ref_units += reference_work(len(jobs), a.num_layers, T, cfg.noise_samples)
         image_tokens = int(noised.sum())
-    speedup, ceiling = t_ref / t_ours, ref_units / least_units
+    speedup, ceiling = ratios(t_ref, t_ours), ref_units / least_units
+    fraction = speedup.scaled(1 / ceiling)
+    overhead, vs_sdpa = recording_overhead(path, samples(args.eval_batch), args.repeats, args.forwards)
+    engine, ref = (Spread.of(t).scaled(1 / len(chosen)).fmt(1) for t in (t_ours, t_ref))
     print(
-        f"real_shape[{family}]: layers={a.num_layers} image_tokens={image_tokens} speedup={speedup:.2f} "
-        f"exact_ceiling={ceiling:.2f} fraction_of_ceiling={speedup / ceiling:.2f} max_abs_diff={diff:.2e} "
-        f"(tokens {T}, width {args.width}, engine {t_ours / len(chosen):.1f} s/sample, reference "
-        f"{t_ref / len(chosen):.1f} s/sample, {len(jobs)} restorations x {cfg.noise_samples} draws)",
+        f"real_shape[{family}]: layers={a.num_layers} image_tokens={image_tokens} speedup={speedup} "
+        f"exact_ceiling={ceiling:.2f} fraction_of_ceiling={fraction} max_abs_diff={diff:.2e} "
+        f"recording_overhead={overhead.fmt(3)} (tokens {T}, width {args.width}, engine {engine} s/sample, "
+        f"reference {ref} s/sample, {len(jobs)} restorations x {cfg.noise_samples} draws; recording over a plain "
+        f"SDPA forward {vs_sdpa.fmt(3)}, batch {args.eval_batch}; median [min-max] of {args.repeats} rounds)",
         flush=True,
     )
-    return {"fraction": speedup / ceiling, "diff": diff}
+    return {"fraction": fraction, "diff": diff, "overhead": overhead}
+
+
+def recording_overhead(path: Path, chosen, repeats: int, forwards: int) -> tuple[Spread, Spread]:
+    """Eval's recording overhead at this structure: the prompt forward (`logits_to_keep=1`, as `score_batch` runs
+    it) recording every layer's output and the answer position's attention at every layer, over the same forward
+    in plain eager attention, and over it in SDPA (no hooks); `repeats` rounds of `forwards` forwards per side, the
+    sides alternating forward by forward."""
+    adapters = [
+        load_adapter(str(path), device="cpu", dtype="float32", attn_implementation=impl) for impl in ("eager", "sdpa")
+    ]
+    probe = load_adapter(str(path), device="cpu", dtype="float32")
+    batches = [x.encode_samples(chosen) for x in (*adapters, probe)]
+    sites = standard_sites(probe.num_layers)
+
+    def plain(x, batch):
+        return lambda: x.forward(batch, use_cache=False, logits_to_keep=1)
+
+    def recorded():
+        with intervene(probe, batches[-1].groups, record=sites):
+            probe.forward(batches[-1], use_cache=False, logits_to_keep=1)
+
+    sides = [plain(adapters[0], batches[0]), plain(adapters[1], batches[1]), recorded]
+    with torch.no_grad():
+        alternate(sides, 1)  # warm-up
+        t_eager, t_sdpa, t_rec = alternate(sides, repeats, calls=forwards)
+    return ratios(t_rec, t_eager), ratios(t_rec, t_sdpa)
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 3072, repeats: int = 5) -> float:
@@ -139,8 +182,9 @@ def eval_flops(cfg, tokens: int, samples: int, multi: list[int]) -> float:
     return samples * (prompt + rows)
 
 
-def efficiency(root: Path, args) -> tuple[float, float]:
-    """flop_efficiency of an eval forward and of a trace at LLaVA-1.5-7B's width, `--slice-layers` layers."""
+def efficiency(root: Path, args) -> tuple[Spread, Spread]:
+    """flop_efficiency of an eval batch and of a trace at LLaVA-1.5-7B's width, `--slice-layers` layers, each over
+    `--repeats` rounds (peak: the best of the matmuls)."""
     shape = replica.REAL_SHAPES["llava"]
     width = args.slice_width or shape.hidden
     path = replica.real_shape(
@@ -156,29 +200,28 @@ def efficiency(root: Path, args) -> tuple[float, float]:
     score_batch(a, s, batch)  # warm-up
     eval_batch = a.encode_samples(chosen)
     T_eval = eval_batch.groups.image.shape[1]
-    t0 = time.perf_counter()
-    score_batch(a, chosen, eval_batch)
-    t_eval = time.perf_counter() - t0
     multi = [len(a.answer_ids(c)) for c in chosen[0].choices if len(a.answer_ids(c)) > 1]
-    e_eval = eval_flops(text, T_eval, len(chosen), multi) / t_eval / peak
     cfg = TraceConfig(noise_samples=1)
     tracer = Tracer(a, measure_sigma(a, s), cfg)
-    t0 = time.perf_counter()
-    tracer.trace(s[0], 0)
-    t_trace = time.perf_counter() - t0
+    # eval batches and traces take turns, as the two sides of a comparison do
+    t_eval, t_trace = alternate(
+        [lambda: score_batch(a, chosen, eval_batch), lambda: tracer.trace(s[0], 0)], args.repeats
+    )
+    e_eval = Spread.of([eval_flops(text, T_eval, len(chosen), multi) / t / peak for t in t_eval])
     calls = tracer.clean_states(batch)["calls"]
     masks = [positions_mask(g, batch.groups)[0] for g in cfg.groups]
     jobs = trace_jobs(cfg.kinds, a.num_layers, len(cfg.groups), cfg.window)
     units = exact_work(attends(calls), batch.groups.image[0], masks, jobs, a.num_layers, cfg.noise_samples, cfg.window)
     rows = 1 + cfg.noise_samples * (1 + len(jobs))
     useful = units * layer_flops(text, (T + 1) / 2) + rows * 2 * text.hidden_size * text.vocab_size
-    e_trace = useful / t_trace / peak
+    e_trace = Spread.of([useful / t / peak for t in t_trace])
     print(
-        f"real_shape[efficiency]: peak_gflops={peak / 1e9:.1f} eval_s_per_sample={t_eval / len(chosen):.2f} "
-        f"flop_efficiency_eval={e_eval:.2f} trace_s={t_trace:.1f} flop_efficiency_trace={e_trace:.2f} "
+        f"real_shape[efficiency]: peak_gflops={peak / 1e9:.1f} "
+        f"eval_s_per_sample={Spread.of(t_eval).scaled(1 / len(chosen))} flop_efficiency_eval={e_eval} "
+        f"trace_s={Spread.of(t_trace).fmt(1)} flop_efficiency_trace={e_trace} "
         f"(float32, hidden {text.hidden_size}, {text.num_hidden_layers} layers, {T} tokens; trace: "
         f"{len(jobs)} restorations x {cfg.noise_samples} draw; eval batch {len(chosen)}, candidates of >1 token: "
-        f"{len(multi)} per sample)",
+        f"{len(multi)} per sample; median [min-max] of {args.repeats} alternating rounds)",
         flush=True,
     )
     return e_eval, e_trace
@@ -227,13 +270,19 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=2, help="samples in the timed eval batch (default 2)")
     parser.add_argument("--memory-samples", default="10,2000", help="the two eval sizes compared (default 10,2000)")
     parser.add_argument("--layers", type=int, help="override every family's depth (quick checks; not the real shape)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating rounds of each timed comparison (default 3)"
+    )
+    parser.add_argument("--forwards", type=int, default=3, help="forwards per side per overhead round (default 3)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
     args = parser.parse_args()
     families = [f for f in args.families.split(",") if f]
     bad = [f for f in families if f not in FAMILIES]
     sizes = tuple(int(x) for x in args.memory_samples.split(","))
     if bad or not families:
         parser.error(f"unknown family {', '.join(bad) or '(none)'} (known: {', '.join(FAMILIES)})")
-    for name in ("width", "samples", "noise_samples", "slice_layers", "eval_batch", "layers", "slice_width"):
+    names = ("width", "samples", "noise_samples", "slice_layers", "eval_batch", "layers", "slice_width", "repeats")
+    for name in (*names, "forwards", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -243,16 +292,20 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    set_threads(args.threads)
+    print(f"real_shape[cpu]: {cpu()}", flush=True)
     print(f"real_shape: replicas {'from ' + str(REPLICAS) if replicas() else 'absent: zoo tokenizer'}", flush=True)
     with tempfile.TemporaryDirectory(prefix="vrprobe-real-shape-") as tmp:
         root = Path(tmp)
         results = [family_speed(f, root, args) for f in families]
         e_eval, e_trace = efficiency(root, args)
         ratio = memory_ratio(root, sizes)
+    worst = min(results, key=lambda r: r["fraction"].median)
+    costliest = max(results, key=lambda r: r["overhead"].median)
     print(
-        f"real_shape: min_fraction_of_ceiling={min(r['fraction'] for r in results):.2f} "
-        f"max_abs_diff={max(r['diff'] for r in results):.2e} flop_efficiency_eval={e_eval:.2f} "
-        f"flop_efficiency_trace={e_trace:.2f} memory_ratio={ratio:.3f}"
+        f"real_shape: min_fraction_of_ceiling={worst['fraction']} max_abs_diff={max(r['diff'] for r in results):.2e} "
+        f"flop_efficiency_eval={e_eval} flop_efficiency_trace={e_trace} memory_ratio={ratio:.3f} "
+        f"recording_overhead={costliest['overhead'].fmt(3)}"
     )
 
 

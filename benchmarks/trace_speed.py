@@ -5,24 +5,30 @@ clean, rows 1..N with noise on the image-token embeddings, and hooks that copy r
 restored site. Both use the same noise draws, so their p_restored must agree. Made fair: the reference computes logits
 at the answer position only (`logits_to_keep=1`), as the engine does.
 
-Prints one line per model and, last, the worst case over models:
-    trace_speed: speedup=<ratio> max_abs_diff=<x> hook_overhead=<ratio>
-speedup = reference time / engine time; hook_overhead = forward time while recording what eval and tracing record (every
-layer's output and the answer position's attention at every layer, through vrprobe's attention function) / plain eager
-forward time (no hooks), same batch of 1 + N rows, medians of interleaved repeats. The per-model line also gives the
-ratio when every attention- and MLP-block output is retained as well (memory retention, not hook calls, costs there).
+Prints the CPU (`trace_speed[cpu]: model="..." cores=N torch_threads=T`), one line per model and, last, the worst case
+over models:
+    trace_speed: speedup=<median> [<min>-<max>] max_abs_diff=<x> hook_overhead=<median> [<min>-<max>]
+Every timed comparison runs `--repeats` rounds in which the two sides take turns (the order reversed each turn, so that
+drift in the machine's speed hits both alike; `timing.alternate`), and prints the median of the paired per-round
+ratios with their range. speedup = reference time / engine time, a round tracing `--samples` samples on each side;
+hook_overhead = forward time while recording what eval and tracing record (every layer's output and the answer
+position's attention at every layer, through vrprobe's attention function) / plain eager forward time (no hooks),
+same batch of 1 + N rows, `--forwards` forwards per side per round, alternating forward by forward. The per-model
+line also gives the ratio when every attention- and MLP-block output is recorded as well, and that of a plain SDPA
+forward (transformers' default attention, no hooks) over the same eager one.
 
-    python benchmarks/trace_speed.py [--model zoo:llava --model zoo:qwen2vl] [--samples 5] [--noise-samples 10]
+    python benchmarks/trace_speed.py [--model zoo:llava --model zoo:qwen2vl] [--samples 2] [--noise-samples 10]
+                                     [--repeats 5] [--forwards 20] [--threads T]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from dataclasses import dataclass
 
 import torch
 
+from timing import Spread, alternate, cpu, ratios, set_threads
 from vrprobe.data import load_dataset
 from vrprobe.interventions import Site, intervene, layer_parts
 from vrprobe.registry import load_adapter
@@ -74,27 +80,35 @@ def rome_trace(adapter, sample, tracer: Tracer, cfg: TraceConfig, index: int) ->
     return out
 
 
-def hook_overhead(spec: str, samples, rows: int, sites_for, repeats: int = 30) -> float:
+def hook_overhead(spec: str, samples, rows: int, site_sets, repeats: int, forwards: int) -> list[Spread]:
+    """Per set of sites: forward time while recording them / plain eager forward time (no hooks), as the paired
+    ratios of `repeats` rounds of `forwards` forwards per side, the sides alternating forward by forward. The last
+    entry is a plain SDPA forward (no hooks, transformers' default attention) over the same eager forward."""
     plain = load_adapter(spec, attn_implementation="eager")
+    sdpa = load_adapter(spec, attn_implementation="sdpa")
     probe = load_adapter(spec)
-    batch_p = plain.collate([plain.encode_one(s.load_image(), s.question) for s in samples[:rows]])
-    batch_r = probe.collate([probe.encode_one(s.load_image(), s.question) for s in samples[:rows]])
-    sites = sites_for(probe.num_layers)
-    t_plain, t_rec = [], []
-    with torch.no_grad():
-        for _ in range(3):
-            plain.forward(batch_p, use_cache=False)
-            probe.forward(batch_r, use_cache=False)
-        for _ in range(repeats):  # interleaved, so drift hits both alike
-            t0 = time.perf_counter()
-            plain.forward(batch_p, use_cache=False)
-            t1 = time.perf_counter()
+    chosen = samples[:rows]
+    batch_p, batch_s, batch_r = (
+        a.collate([a.encode_one(s.load_image(), s.question) for s in chosen]) for a in (plain, sdpa, probe)
+    )
+    sets = [sites_for(probe.num_layers) for sites_for in site_sets]
+
+    def recorded(sites):
+        def run():
             with intervene(probe, batch_r.groups, record=sites):
                 probe.forward(batch_r, use_cache=False)
-            t2 = time.perf_counter()
-            t_plain.append(t1 - t0)
-            t_rec.append(t2 - t1)
-    return statistics.median(t_rec) / statistics.median(t_plain)
+
+        return run
+
+    sides = [
+        lambda: plain.forward(batch_p, use_cache=False),
+        *map(recorded, sets),
+        lambda: sdpa.forward(batch_s, use_cache=False),
+    ]
+    with torch.no_grad():
+        alternate(sides, 1, calls=3)  # warm-up
+        times = alternate(sides, repeats, calls=forwards)
+    return [ratios(t, times[0]) for t in times[1:]]
 
 
 def standard_sites(num_layers: int) -> list[Site]:
@@ -109,52 +123,73 @@ def all_block_sites(num_layers: int) -> list[Site]:
     return [Site(k, layers, "all") for k in ("resid", "attn", "mlp")] + [Site("attn_probs", layers, "last")]
 
 
-def bench(spec: str, n_samples: int, noise_samples: int) -> tuple[float, float, float]:
+@dataclass
+class Result:
+    speedup: Spread
+    diff: float
+    overhead: Spread
+
+
+def bench(spec: str, n_samples: int, noise_samples: int, repeats: int, forwards: int) -> Result:
     adapter = load_adapter(spec)
     samples = load_dataset("easy-vqa:test", limit=max(32, n_samples), seed=0).samples
     cfg = TraceConfig(noise_samples=noise_samples)
     tracer = Tracer(adapter, measure_sigma(adapter, samples), cfg)
     chosen = samples[:n_samples]
+    out: dict[str, list[torch.Tensor]] = {}
     for s in chosen[:1]:  # warm-up
         tracer.trace(s, 0)
-    t_ours = t_ref = diff = 0.0
-    for i, s in enumerate(chosen):  # interleaved, so drift in machine speed hits both alike
-        t0 = time.perf_counter()
-        ours = tracer.trace(s, i).p_restored
-        t1 = time.perf_counter()
-        ref = rome_trace(adapter, s, tracer, cfg, i)
-        t2 = time.perf_counter()
-        t_ours, t_ref = t_ours + t1 - t0, t_ref + t2 - t1
-        diff = max(diff, float((ours - ref).abs().max()))
-    overhead = hook_overhead(spec, samples, noise_samples + 1, standard_sites)
-    all_blocks = hook_overhead(spec, samples, noise_samples + 1, all_block_sites)
-    speedup = t_ref / t_ours
+
+    def ours():
+        out["ours"] = [tracer.trace(s, i).p_restored for i, s in enumerate(chosen)]
+
+    def reference():
+        out["ref"] = [rome_trace(adapter, s, tracer, cfg, i) for i, s in enumerate(chosen)]
+
+    t_ours, t_ref = alternate([ours, reference], repeats)  # the sides take turns, so drift hits both alike
+    diff = max(float((a - b).abs().max()) for a, b in zip(out["ours"], out["ref"], strict=True))
+    overhead, all_blocks, sdpa = hook_overhead(
+        spec, samples, noise_samples + 1, (standard_sites, all_block_sites), repeats, forwards
+    )
+    speedup = ratios(t_ref, t_ours)
+    per_sample = 1 / len(chosen)
     print(
-        f"trace_speed[{spec}]: speedup={speedup:.2f} max_abs_diff={diff:.2e} hook_overhead={overhead:.3f} "
-        f"(engine {t_ours / len(chosen):.2f} s/sample, reference {t_ref / len(chosen):.2f} s/sample, "
-        f"{len(cfg.kinds) * adapter.num_layers * len(cfg.groups)} restorations x {noise_samples} draws; "
-        f"recording attn and mlp block outputs too: {all_blocks:.3f})",
+        f"trace_speed[{spec}]: speedup={speedup} max_abs_diff={diff:.2e} hook_overhead={overhead.fmt(3)} "
+        f"(engine {Spread.of(t_ours).scaled(per_sample)} s/sample, reference {Spread.of(t_ref).scaled(per_sample)} "
+        f"s/sample, {len(cfg.kinds) * adapter.num_layers * len(cfg.groups)} restorations x {noise_samples} draws; "
+        f"recording attn and mlp block outputs too: {all_blocks.fmt(3)}; plain sdpa forward: {sdpa.fmt(3)}; "
+        f"median [min-max] of {repeats} alternating rounds, {forwards} forwards per side per round for the overheads)",
         flush=True,
     )
-    return speedup, diff, overhead
+    return Result(speedup, diff, overhead)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", help="model spec (repeatable); default: the three zoo models")
-    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=2, help="samples traced per round (default 2)")
     parser.add_argument("--noise-samples", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds of each comparison (default 5)")
+    parser.add_argument("--forwards", type=int, default=20, help="forwards per side per overhead round (default 20)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
     args = parser.parse_args()
+    for name in ("samples", "noise_samples", "repeats", "forwards", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    results = [
-        bench(m, args.samples, args.noise_samples) for m in args.model or ["zoo:llava", "zoo:paligemma", "zoo:qwen2vl"]
-    ]
+    set_threads(args.threads)
+    print(f"trace_speed[cpu]: {cpu()}", flush=True)
+    models = args.model or ["zoo:llava", "zoo:paligemma", "zoo:qwen2vl"]
+    results = [bench(m, args.samples, args.noise_samples, args.repeats, args.forwards) for m in models]
+    slowest = min(results, key=lambda r: r.speedup.median)
+    costliest = max(results, key=lambda r: r.overhead.median)
     print(
-        f"trace_speed: speedup={min(r[0] for r in results):.2f} max_abs_diff={max(r[1] for r in results):.2e} "
-        f"hook_overhead={max(r[2] for r in results):.3f}"
+        f"trace_speed: speedup={slowest.speedup} max_abs_diff={max(r.diff for r in results):.2e} "
+        f"hook_overhead={costliest.overhead.fmt(3)}"
     )
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from scipy.stats import spearmanr
 
-from vrprobe.runs import read_records
+from vrprobe.runtime.runs import read_records
 
 from conftest import run_cli
 

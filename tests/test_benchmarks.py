@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vrprobe.data.answers import binary_correct, vqa_accuracy
-from vrprobe.runs import read_records
+from vrprobe.runtime.runs import read_records
 
 from conftest import run_cli
 from fixtures import write_okvqa, write_parquet, write_scienceqa, write_vqav2

@@ -10,7 +10,7 @@ import pytest
 
 from vrprobe.data.easy_vqa import package_root
 from vrprobe.registry import ZOO_DIR
-from vrprobe.runs import read_records
+from vrprobe.runtime.runs import read_records
 
 from conftest import run_cli
 

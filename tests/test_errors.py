@@ -22,7 +22,7 @@ from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.evaluate import score_batch
 from vrprobe.registry import ZOO_DIR, load_adapter
-from vrprobe.runs import RunDir, check_writable
+from vrprobe.runtime.runs import RunDir, check_writable
 from vrprobe.tracing import TraceConfig, Tracer
 
 from conftest import run_cli
@@ -117,7 +117,10 @@ def test_nan_logits_from_a_broken_checkpoint_name_the_sample(tmp_path):
         (lambda out: vrprobe.study(["zoo:llava", "zoo:llava"], "easy-vqa:test", out=out), "more than once"),
         (lambda out: vrprobe.study("zoo:llava", "easy-vqa:test,easy-vqa:test", out=out), "more than once"),
         (lambda out: vrprobe.study("zoo:llava,zoo:nope", "easy-vqa:test", out=out), "unknown zoo model"),
-        (lambda out: vrprobe.study("zoo:llava", "easy-vqa:test", max_new_tokens=0, out=out), "--max-new-tokens"),
+        (
+            lambda out: vrprobe.study("zoo:llava", "easy-vqa:test", max_new_tokens=0, out=out),
+            "--max-new-tokens",
+        ),
         (lambda out: vrprobe.eval("zoo:llava", "easy-vqa:test", batch_size=0, out=out), "--batch-size"),
         (lambda out: vrprobe.eval("zoo:llava", "easy-vqa:test", max_new_tokens=-1, out=out), "--max-new-tokens"),
         (lambda out: vrprobe.eval("zoo:llava", "easy-vqa:test", limit=0, out=out), "--limit"),

@@ -1,5 +1,5 @@
-"""Attention knockout (`vrprobe.knockout`), the `vrprobe knockout` command, and the controls of issue 14: per-head
-sharpness with Benjamini-Hochberg, band sweep, non-image band corruption."""
+"""Attention knockout (`vrprobe.analyses.knockout`), the `vrprobe knockout` command, and the controls of issue 14:
+per-head sharpness with Benjamini-Hochberg, band sweep, non-image band corruption."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ import pytest
 import torch
 from scipy import stats
 
-from vrprobe.band import band_sweep, corrupt_band
-from vrprobe.data import load_dataset
-from vrprobe.errors import UsageError
-from vrprobe.evaluate import score_batch
-from vrprobe.interventions import Knockout, Site, intervene
-from vrprobe.interventions.ops import _BlockKeys
-from vrprobe.knockout import (
+from vrprobe.analyses.band import band_sweep, corrupt_band
+from vrprobe.analyses.knockout import (
     edge_edits,
     integration_layers,
     knockout,
@@ -28,6 +23,11 @@ from vrprobe.knockout import (
     window_size,
     windows,
 )
+from vrprobe.data import load_dataset
+from vrprobe.errors import UsageError
+from vrprobe.evaluate import score_batch
+from vrprobe.interventions import Knockout, Site, intervene
+from vrprobe.interventions.ops import _BlockKeys
 from vrprobe.metrics.heads import head_sharpness
 from vrprobe.metrics.stats import benjamini_hochberg, mean_interval
 

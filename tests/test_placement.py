@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import vrprobe
-from vrprobe.batching import activation_bytes, auto_batch_size, run_batches
 from vrprobe.data import load_dataset
-from vrprobe.devices import LoadOptions, resolve_device, resolve_dtype
 from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.evaluate import score_batch
 from vrprobe.registry import load_adapter
+from vrprobe.runtime.batching import activation_bytes, auto_batch_size, run_batches
+from vrprobe.runtime.devices import LoadOptions, resolve_device, resolve_dtype
 
 from numerics import FORWARD, SUM, assert_close
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from vrprobe.analyses.probe import ReliabilityProbe, features
+from vrprobe.analyses.proxies import collect
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import score_batch
 from vrprobe.interventions import Site, intervene
 from vrprobe.metrics.selective import auroc, auroc_interval
-from vrprobe.probe import ReliabilityProbe, features
-from vrprobe.proxies import collect
 from vrprobe.registry import load_adapter
-from vrprobe.runs import read_records
+from vrprobe.runtime.runs import read_records
 
 from conftest import run_cli
 from numerics import FORWARD, assert_close

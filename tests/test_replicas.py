@@ -18,7 +18,7 @@ import vrprobe
 from vrprobe.data import load_dataset
 from vrprobe.data.vqa import VQA_INSTRUCTION
 from vrprobe.evaluate import score_batch
-from vrprobe.runs import read_records
+from vrprobe.runtime.runs import read_records
 
 from conftest import run_cli
 from fixtures import write_scienceqa, write_vqav2

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import vrprobe
-from vrprobe.tables import p_value, params, r_interval, sig3
+from vrprobe.reporting.tables import p_value, params, r_interval, sig3
 
 from cdp import Browser, chromium
 

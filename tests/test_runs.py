@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from vrprobe.runs import RunDir, read_records
+from vrprobe.runtime.runs import RunDir, read_records
 
 STUDY = [
     "study",

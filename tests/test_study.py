@@ -7,7 +7,7 @@ import json
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from vrprobe.runs import read_records
+from vrprobe.runtime.runs import read_records
 
 from conftest import run_cli
 

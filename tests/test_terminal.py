@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from vrprobe.tables import verdict_lines
-from vrprobe.terminal import DEFAULT_WIDTH, output_width
+from vrprobe.reporting.tables import verdict_lines
+from vrprobe.reporting.terminal import DEFAULT_WIDTH, output_width
 
 from conftest import run_cli
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vrprobe.band import auto_band, band_edits, corrupt_band, parse_band
+from vrprobe.analyses.band import auto_band, band_edits, corrupt_band, parse_band
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError
 from vrprobe.interventions import Add, Replace, Site, intervene

@@ -19,12 +19,12 @@ from transformers import AutoConfig
 from test_tracing import reference_loop
 from tiny_other_types import BUILDERS as OTHER
 from tiny_qwen_types import BUILDERS as QWEN
-from vrprobe.band import corrupt_band
+from vrprobe.analyses.band import corrupt_band
+from vrprobe.analyses.knockout import edge_edits
 from vrprobe.data import load_dataset
 from vrprobe.errors import VrprobeError
 from vrprobe.evaluate import score_batch
 from vrprobe.interventions import intervene
-from vrprobe.knockout import edge_edits
 from vrprobe.models.generic import GenericAdapter
 from vrprobe.registry import TESTED_TYPES, load_adapter
 from vrprobe.tracing import TraceConfig, Tracer, measure_sigma

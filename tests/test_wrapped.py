@@ -18,8 +18,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from vrprobe.analyses.knockout import run_knockout
 from vrprobe.data import load_dataset
-from vrprobe.knockout import run_knockout
 from vrprobe.registry import load_adapter
 from vrprobe.tracing import TraceConfig, Tracer, measure_sigma
 from vrprobe.tracing.attribution import Attributor

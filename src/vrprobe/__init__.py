@@ -7,12 +7,12 @@ Building blocks: `load_adapter(spec)` (models), `load_dataset(spec)` (data), `vr
 
 __version__ = "0.1.0"
 
+from vrprobe.analyses.study import StudyResult  # noqa: E402
 from vrprobe.api import CorruptResult, EvalResult, TraceResult, corrupt, eval, report, study, trace  # noqa: E402, A004
 from vrprobe.data import Dataset, Sample, load_dataset  # noqa: E402
 from vrprobe.errors import UsageError, VrprobeError  # noqa: E402
 from vrprobe.models import Adapter  # noqa: E402
 from vrprobe.registry import load_adapter  # noqa: E402
-from vrprobe.study import StudyResult  # noqa: E402
 
 __all__ = [
     "Adapter",

@@ -13,19 +13,20 @@ from typing import Any
 
 import torch
 
-from vrprobe import checks, devices
-from vrprobe.band import AUTO_GROUPS, BandResult, auto_band, check_band_options, corrupt_band, parse_band
-from vrprobe.band import DEFINITIONS as BAND_DEFINITIONS
-from vrprobe.batching import batch_size_option, choose_batch_size, run_batches
+from vrprobe import checks
+from vrprobe.analyses.band import AUTO_GROUPS, BandResult, auto_band, check_band_options, corrupt_band, parse_band
+from vrprobe.analyses.band import DEFINITIONS as BAND_DEFINITIONS
+from vrprobe.analyses.study import StudyConfig, StudyResult, run_study
 from vrprobe.data import load_dataset, stratified_subset
-from vrprobe.devices import LoadOptions
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import DEFINITIONS as EVAL_DEFINITIONS
 from vrprobe.evaluate import score_batch, summarize
 from vrprobe.models import Adapter
-from vrprobe.progress import Progress
-from vrprobe.runs import RunDir
-from vrprobe.study import StudyConfig, StudyResult, run_study
+from vrprobe.runtime import devices
+from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
+from vrprobe.runtime.devices import LoadOptions
+from vrprobe.runtime.progress import Progress
+from vrprobe.runtime.runs import RunDir
 from vrprobe.tracing import DEFINITIONS as TRACE_DEFINITIONS
 from vrprobe.tracing import SampleTrace, TraceConfig, mean_grid, trace_dataset
 
@@ -212,7 +213,7 @@ def corrupt(
     progress: Progress | None = None,
     make_report: bool = True,
 ) -> CorruptResult:
-    """Band corruption: accuracy and sharpness with noise on a band of layers (see `vrprobe.band`)."""
+    """Band corruption: accuracy and sharpness with noise on a band of layers (see `vrprobe.analyses.band`)."""
     checks.options(noise=noise, limit=limit, trace_limit=trace_limit, seed=seed)
     batch_size = batch_size_option(batch_size)
     checks.band_spec(band)
@@ -319,7 +320,7 @@ def study(
     progress: Progress | None = None,
     make_report: bool = True,
 ) -> StudyResult:
-    """All four modules over models × datasets (see `vrprobe.study`)."""
+    """All four modules over models × datasets (see `vrprobe.analyses.study`)."""
     checks.options(
         limit=limit,
         trace_limit=trace_limit,
@@ -365,7 +366,7 @@ def study(
 
 def report(out: Path | str) -> Path:
     """Write `report.html` for a run directory; returns its path."""
-    from vrprobe.runs import read_summary
+    from vrprobe.runtime.runs import read_summary
 
     read_summary(Path(out))  # one error line for a missing, unreadable or malformed summary.json / manifest.json
     from vrprobe.reporting import build_report

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from vrprobe.devices import LoadOptions
 from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.interventions.attention import NAME as ATTENTION_NAME
 from vrprobe.interventions.attention import register
@@ -25,6 +24,7 @@ from vrprobe.models.generic import GenericAdapter
 from vrprobe.models.llava import LlavaAdapter
 from vrprobe.models.paligemma import PaliGemmaAdapter
 from vrprobe.models.qwen2vl import Qwen2VLAdapter
+from vrprobe.runtime.devices import LoadOptions
 
 ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, PaliGemmaAdapter, Qwen2VLAdapter)
 ZOO_DIR = Path(__file__).resolve().parent / "zoo" / "checkpoints"
@@ -169,7 +169,7 @@ def load_adapter(
     trust_remote_code: bool = False,
 ) -> Adapter:
     """Resolve a spec, check the directory has processor and tokenizer files, and load it with its family adapter on
-    `device` in `dtype` (`vrprobe.devices`: auto = cuda, else mps, else cpu; bfloat16 on a GPU that supports it,
+    `device` in `dtype` (`vrprobe.runtime.devices`: auto = cuda, else mps, else cpu; bfloat16 on a GPU that supports it,
     float16 on other GPUs, float32 on the CPU), or across devices with `device_map="auto"`; `min_pixels` /
     `max_pixels` bound a native-resolution processor's image resizing (Qwen2-VL and its successors);
     `trust_remote_code` lets a checkpoint's own code run (off by default: `--trust-remote-code`)."""

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from vrprobe.analyses.knockout import EDGES
 from vrprobe.cli.app import app
 from vrprobe.cli.options import Bars, BatchSize, Data, Limit, Model, Overwrite, Seed, with_load_options
-from vrprobe.knockout import EDGES
 
 if TYPE_CHECKING:
-    from vrprobe.devices import LoadOptions
+    from vrprobe.runtime.devices import LoadOptions
 
 
 @app.command("knockout")
@@ -47,9 +47,9 @@ def knockout_cmd(
 
     Example: vrprobe knockout --model zoo:llava --data easy-vqa:test --out runs/ko-llava --limit 200
     """
-    from vrprobe.knockout import knockout
-    from vrprobe.tables import GLUE, integration_text
-    from vrprobe.terminal import echo
+    from vrprobe.analyses.knockout import knockout
+    from vrprobe.reporting.tables import GLUE, integration_text
+    from vrprobe.reporting.terminal import echo
 
     with Bars() as bars:
         r = knockout(

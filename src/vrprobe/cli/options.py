@@ -74,7 +74,7 @@ LOAD_PARAMS: tuple[tuple[str, Any, Any], ...] = (
 
 def with_load_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The command with the six loading options added to its signature (before a trailing `overwrite`, where it has
-    one); it is called with them gathered into `load`, a `vrprobe.devices.LoadOptions`."""
+    one); it is called with them gathered into `load`, a `vrprobe.runtime.devices.LoadOptions`."""
     signature = inspect.signature(command)  # annotations as written: `load`'s type is imported for checkers only
     own = [
         p.replace(annotation=eval(p.annotation, command.__globals__) if isinstance(p.annotation, str) else p.annotation)
@@ -88,7 +88,7 @@ def with_load_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        from vrprobe.devices import LoadOptions  # here, not at import: `vrprobe --help` needs no torch
+        from vrprobe.runtime.devices import LoadOptions  # here, not at import: `vrprobe --help` needs no torch
 
         fields = {name: kwargs.pop(name) for name, _, _ in LOAD_PARAMS}
         return command(**kwargs, load=LoadOptions(**fields))

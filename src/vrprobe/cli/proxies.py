@@ -27,7 +27,7 @@ def parse_layers(text: str | None) -> list[int] | None:
 
 
 if TYPE_CHECKING:
-    from vrprobe.devices import LoadOptions
+    from vrprobe.runtime.devices import LoadOptions
 
 
 @app.command("probe")
@@ -56,8 +56,8 @@ def probe_cmd(
 
     Example: vrprobe probe --model zoo:llava --data easy-vqa:train --eval-data easy-vqa:test --out runs/probe
     """
-    from vrprobe.proxies import probe
-    from vrprobe.terminal import echo
+    from vrprobe.analyses.proxies import probe
+    from vrprobe.reporting.terminal import echo
 
     with Bars() as bars:
         r = probe(
@@ -109,8 +109,8 @@ def attribute_cmd(
 
     Example: vrprobe attribute --model zoo:llava --data easy-vqa:test --limit 20 --compare-trace --out runs/atp
     """
-    from vrprobe.proxies import attribute
-    from vrprobe.terminal import echo
+    from vrprobe.analyses.proxies import attribute
+    from vrprobe.reporting.terminal import echo
 
     with Bars() as bars:
         r = attribute(

@@ -24,7 +24,7 @@ from vrprobe.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from vrprobe.devices import LoadOptions
+    from vrprobe.runtime.devices import LoadOptions
 
 
 @app.command("eval")
@@ -216,8 +216,8 @@ def study_cmd(
 
 
 def _print_table(table: list, heads: dict | None = None, all_columns: bool = False) -> None:
-    """The study's table and verdict within the terminal's width (`vrprobe.terminal`)."""
-    from vrprobe.terminal import print_study
+    """The study's table and verdict within the terminal's width (`vrprobe.reporting.terminal`)."""
+    from vrprobe.reporting.terminal import print_study
 
     print_study(table, heads, all_columns)
 
@@ -236,8 +236,8 @@ def show_cmd(
     all_columns: Annotated[bool, typer.Option("--all", help="Every column, not only the key ones.")] = False,
 ) -> None:
     """Print a run's table and verdict within the terminal's width. Example: vrprobe show runs/demo [--all]"""
-    from vrprobe.runs import read_summary
-    from vrprobe.terminal import print_summary
+    from vrprobe.reporting.terminal import print_summary
+    from vrprobe.runtime.runs import read_summary
 
     summary = read_summary(out)
     if "table" in summary:

@@ -31,7 +31,7 @@ def zoo_train(
 
     from vrprobe import checks
     from vrprobe.registry import ZOO_DIR, ZOO_NAMES
-    from vrprobe.runs import check_writable
+    from vrprobe.runtime.runs import check_writable
     from vrprobe.zoo.train import TrainConfig, train
 
     if name not in ZOO_NAMES:

@@ -26,7 +26,7 @@ from vrprobe.interventions.attention import HOOK_KWARG, AttentionHook
 from vrprobe.interventions.ops import AttentionIntervention, HiddenIntervention
 from vrprobe.interventions.sites import Site
 from vrprobe.models.base import Adapter, TokenGroups
-from vrprobe.seeding import generator
+from vrprobe.runtime.seeding import generator
 
 Edit = tuple[Site, HiddenIntervention | AttentionIntervention]
 

@@ -1,6 +1,6 @@
 """The report's "where the modalities meet" figures and headline: knockout effect-vs-layer curves, the band sweep, the
 per-head sharpness heatmap. Plotting and wording only: every number comes from the study's summary
-(`vrprobe.controls`, `vrprobe.knockout`, `vrprobe.metrics.heads`)."""
+(`vrprobe.analyses.controls`, `vrprobe.analyses.knockout`, `vrprobe.metrics.heads`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from vrprobe.metrics.heads import head_matrix
 from vrprobe.reporting.plots import _png
-from vrprobe.tables import integration_text
+from vrprobe.reporting.tables import integration_text
 
 EDGE_COLORS = {"image->question": "tab:blue", "image->last": "tab:red", "question->last": "tab:green"}
 

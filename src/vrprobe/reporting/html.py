@@ -17,12 +17,12 @@ from typing import Any
 
 import jinja2
 
+from vrprobe.analyses.study import ALPHA
 from vrprobe.errors import VrprobeError
 from vrprobe.metrics.calibration import reliability_diagram
 from vrprobe.reporting import flow, plots
-from vrprobe.runs import atomic_write, read_records
-from vrprobe.study import ALPHA
-from vrprobe.tables import p_value, params, r_interval, sig3
+from vrprobe.reporting.tables import p_value, params, r_interval, sig3
+from vrprobe.runtime.runs import atomic_write, read_records
 
 #: the study's three correlations: summary key, heading, the question each answers
 SIGNALS = (
@@ -266,8 +266,8 @@ def _auroc_overview(table: Sequence[dict[str, Any]]) -> Plot | None:
 
 def _risk_coverage(title: str, records: Sequence[dict[str, Any]]) -> Plot | None:
     """Risk–coverage curves of every signal on the held-out records (those the probe was not trained on)."""
+    from vrprobe.analyses.reliability import SIGNALS
     from vrprobe.metrics.selective import risk_coverage
-    from vrprobe.reliability import SIGNALS
 
     held = [r for r in records if not r.get("probe_train")]
     if not held or "reliability" not in held[0]:

@@ -13,7 +13,7 @@
   grid against the exact one: Spearman ρ, top-3 recall).
 - prefix.py: `KVPrefix`, earlier positions' keys and values shared by blocks of rows, passed to vrprobe's attention
   function as an argument.
-Band corruption, which uses `site_std`, sits beside this package in `vrprobe.band`.
+Band corruption, which uses `site_std`, sits beside this package in `vrprobe.analyses.band`.
 """
 
 from vrprobe.tracing.attribution import (

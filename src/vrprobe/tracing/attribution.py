@@ -50,7 +50,7 @@ from vrprobe.interventions.hooks import first_output, layer_parts
 from vrprobe.interventions.ops import AttentionIntervention
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.base import Adapter, Batch
-from vrprobe.progress import Progress, Ticker
+from vrprobe.runtime.progress import Progress, Ticker
 from vrprobe.tracing.engine import TraceConfig, Tracer, mean_grid, measure_sigma
 from vrprobe.tracing.replay import CACHE_KWARGS, run_layers
 from vrprobe.tracing.restoration import window_layers

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from vrprobe import checks, seeding
+from vrprobe import checks
 from vrprobe.checks import finite_logits
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
@@ -33,7 +33,8 @@ from vrprobe.evaluate import closed_record, open_record
 from vrprobe.interventions import GaussianNoise, Site, intervene
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.base import Adapter, Batch
-from vrprobe.progress import Progress, Ticker
+from vrprobe.runtime import seeding
+from vrprobe.runtime.progress import Progress, Ticker
 from vrprobe.tracing.replay import attends, capture_layer_calls
 from vrprobe.tracing.restoration import (
     Job,

@@ -34,17 +34,17 @@ import numpy as np
 import torch
 
 from vrprobe import checks
-from vrprobe.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.checks import finite_logits
 from vrprobe.data import Sample, load_dataset
-from vrprobe.devices import LoadOptions
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import score_batch, summarize
 from vrprobe.interventions import Edit, Knockout, Site, intervene
 from vrprobe.metrics.stats import mean_interval
 from vrprobe.models import Adapter, Batch
-from vrprobe.progress import Progress
-from vrprobe.runs import RunDir
+from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
+from vrprobe.runtime.devices import LoadOptions
+from vrprobe.runtime.progress import Progress
+from vrprobe.runtime.runs import RunDir
 
 EDGES = ("image->question", "image->last", "question->last", "last->last")
 #: the position set of each group name (sources: keys; targets: query rows)

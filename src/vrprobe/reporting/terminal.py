@@ -1,5 +1,5 @@
 """Terminal output that fits: every printed line within the output's width, every name in full (never cut with an
-ellipsis, never broken inside). Layout only: the cells' text comes from `vrprobe.tables`.
+ellipsis, never broken inside). Layout only: the cells' text comes from `vrprobe.reporting.tables`.
 
 `output_width(stream)` the terminal's width, else `COLUMNS` (output piped), else `DEFAULT_WIDTH`;
 `pack(console, columns, rows, width)` columns in groups that each fit as one table beside the name columns;
@@ -21,7 +21,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from vrprobe.tables import (
+from vrprobe.reporting.tables import (
     GLUE,
     KEY_COLUMNS,
     MORE_COLUMNS,

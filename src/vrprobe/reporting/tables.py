@@ -1,5 +1,6 @@
 """A study's table for people: number formatting shared by the terminal and the HTML report, the table's columns, and
-the verdict in words. Formatting only: every number comes from `study.run_study`; `vrprobe.terminal` lays it out.
+the verdict in words. Formatting only: every number comes from `study.run_study`; `vrprobe.reporting.terminal` lays it
+out.
 
 `sig3(x)` three significant digits, `params(n)` 1.47M, `p_value(p)` compact p, `signed(x)` +0.163,
 `r_interval(cell)` +0.123 [+0.05, +0.19], `integration_text(layers)`, `auroc_interval_text(row, signal)`,

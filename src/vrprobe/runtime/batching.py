@@ -18,7 +18,7 @@ import torch
 
 from vrprobe import checks
 from vrprobe.errors import VrprobeError
-from vrprobe.progress import Progress, Ticker
+from vrprobe.runtime.progress import Progress, Ticker
 
 #: what torch raises when a device runs out of memory (CUDA, MPS; CPU allocation failures raise RuntimeError)
 OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)

@@ -1,8 +1,9 @@
 """The study's controls for its third finding (where image and text meet) and for the causal band, per model on the
 traced subset of the reference dataset (the same samples causal tracing used):
-- **knockout**: every edge of `vrprobe.knockout.EDGES` over windows of max(1, round(L / 4)) layers; its effects and
-  `integration_layers` (`vrprobe.knockout`);
-- **band_sweep**: hidden corruption of every band of the causal band's width across depth (`vrprobe.band.band_sweep`):
+- **knockout**: every edge of `vrprobe.analyses.knockout.EDGES` over windows of max(1, round(L / 4)) layers; its
+  effects and `integration_layers` (`vrprobe.analyses.knockout`);
+- **band_sweep**: hidden corruption of every band of the causal band's width across depth
+  (`vrprobe.analyses.band.band_sweep`):
   is the causal band's accuracy drop special? `band_rank` = 1 + the number of bands with a larger drop;
 - **band_non_image**: hidden corruption of the causal band at the non-image positions only, so the keys attention
   reads over the image stay clean (the seed's "even when attention maps remained focused"): accuracy and sharpness
@@ -15,11 +16,11 @@ import json
 import math
 from typing import Any
 
-from vrprobe.band import band_sweep, corrupt_band
+from vrprobe.analyses.band import band_sweep, corrupt_band
+from vrprobe.analyses.knockout import EDGES, knockout_summary, run_knockout
 from vrprobe.data import Dataset, stratified_subset
-from vrprobe.knockout import EDGES, knockout_summary, run_knockout
 from vrprobe.models import Adapter
-from vrprobe.progress import Progress
+from vrprobe.runtime.progress import Progress
 
 #: normalised-entropy change below which attention "stays focused" (the study's FOCUS_TOLERANCE)
 FOCUS_TOLERANCE = 0.05

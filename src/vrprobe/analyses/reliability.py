@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from vrprobe.analyses.probe import ReliabilityProbe, features
 from vrprobe.data import Dataset, Sample, load_dataset
 from vrprobe.metrics.selective import selective
 from vrprobe.models import Adapter
-from vrprobe.probe import ReliabilityProbe, features
-from vrprobe.progress import Progress
+from vrprobe.runtime.progress import Progress
 
 PROBE_FRACTION = 0.3
 #: the signals compared, each oriented so that higher = more trusted (sharpness: its entropy negated)
@@ -54,7 +54,7 @@ def train_probe(
 ) -> tuple[ReliabilityProbe | None, str]:
     """Fit the correctness probe on the answer-position features of `samples` (one forward per batch); (None, why)
     when the training split has fewer than 2 correct or 2 incorrect answers (then no probe figures are given)."""
-    from vrprobe.proxies import collect
+    from vrprobe.analyses.proxies import collect
 
     train = collect(adapter, samples, batch_size, progress, stage)
     y = np.array([r["correct"] for r in train], dtype=float)

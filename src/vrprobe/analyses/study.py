@@ -17,24 +17,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from vrprobe.band import AUTO_GROUPS, auto_band, band_edits, corrupt_batch, layer_sigmas
-from vrprobe.batching import choose_batch_size, run_batches
-from vrprobe.controls import DEFINITIONS as CONTROL_DEFINITIONS
-from vrprobe.controls import controls_verdict, run_controls
+from vrprobe.analyses.band import AUTO_GROUPS, auto_band, band_edits, corrupt_batch, layer_sigmas
+from vrprobe.analyses.controls import DEFINITIONS as CONTROL_DEFINITIONS
+from vrprobe.analyses.controls import controls_verdict, run_controls
+from vrprobe.analyses.knockout import DEFINITIONS as KNOCKOUT_DEFINITIONS
+from vrprobe.analyses.probe import ReliabilityProbe, features
+from vrprobe.analyses.reliability import DEFINITIONS as RELIABILITY_DEFINITIONS
+from vrprobe.analyses.reliability import probe_split, reliability_verdict, selective_stats, train_probe
 from vrprobe.data import Dataset, load_dataset, stratified_subset
-from vrprobe.devices import LoadOptions
-from vrprobe.devices import facts as device_facts
 from vrprobe.evaluate import score_batch
-from vrprobe.knockout import DEFINITIONS as KNOCKOUT_DEFINITIONS
 from vrprobe.metrics.calibration import calibration_summary
 from vrprobe.metrics.heads import head_sharpness
 from vrprobe.metrics.stats import correlation
 from vrprobe.models import Adapter
-from vrprobe.probe import ReliabilityProbe, features
-from vrprobe.progress import Progress
-from vrprobe.reliability import DEFINITIONS as RELIABILITY_DEFINITIONS
-from vrprobe.reliability import probe_split, reliability_verdict, selective_stats, train_probe
-from vrprobe.runs import RunDir
+from vrprobe.runtime.batching import choose_batch_size, run_batches
+from vrprobe.runtime.devices import LoadOptions
+from vrprobe.runtime.devices import facts as device_facts
+from vrprobe.runtime.progress import Progress
+from vrprobe.runtime.runs import RunDir
 from vrprobe.tracing import TraceConfig, trace_dataset
 
 #: normalised-entropy change below which attention "stays focused" under band corruption

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from vrprobe import checks
-from vrprobe.batching import run_batches
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import score_batch
 from vrprobe.interventions import Edit, GaussianNoise, LogitNoise, Site
 from vrprobe.models import Adapter
-from vrprobe.progress import Progress
-from vrprobe.seeding import derive_seed
+from vrprobe.runtime.batching import run_batches
+from vrprobe.runtime.progress import Progress
+from vrprobe.runtime.seeding import derive_seed
 from vrprobe.tracing import site_std
 
 TARGETS = ("hidden", "attention", "both")

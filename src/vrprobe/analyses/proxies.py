@@ -2,8 +2,8 @@
 logit margin on held-out samples) and `vrprobe attribute` (attribution patching over the causal trace's grid, compared
 with the exact trace).
 
-Definitions (also written into `summary.json`): see `DEFINITIONS`; the probe itself: `vrprobe.probe`; AUROC, AURC and
-accuracy at coverage: `vrprobe.metrics.selective`.
+Definitions (also written into `summary.json`): see `DEFINITIONS`; the probe itself: `vrprobe.analyses.probe`; AUROC,
+AURC and accuracy at coverage: `vrprobe.metrics.selective`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import numpy as np
 import torch
 
 from vrprobe import checks
-from vrprobe.batching import batch_size_option, choose_batch_size, run_batches
+from vrprobe.analyses.probe import STABILITY_NOISE, ReliabilityProbe, features
 from vrprobe.data import load_dataset
 from vrprobe.data.shift import shift_images
-from vrprobe.devices import LoadOptions
 from vrprobe.errors import UsageError
 from vrprobe.evaluate import score_batch
 from vrprobe.metrics.selective import auroc, auroc_interval, selective
 from vrprobe.models import Adapter
-from vrprobe.probe import STABILITY_NOISE, ReliabilityProbe, features
-from vrprobe.progress import Progress, Ticker
-from vrprobe.runs import RunDir
+from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
+from vrprobe.runtime.devices import LoadOptions
+from vrprobe.runtime.progress import Progress, Ticker
+from vrprobe.runtime.runs import RunDir
 from vrprobe.tracing import Attributor, TraceConfig, Tracer, compare, measure_sigma
 from vrprobe.tracing.attribution import DEFINITIONS as ATTRIBUTION_DEFINITIONS
 from vrprobe.tracing.attribution import mean_estimates
