@@ -53,10 +53,10 @@ import torch
 from timing import Spread, alternate, cpu, ratios, set_threads
 from trace_speed import rome_trace, standard_sites
 from vrprobe.data import load_dataset
-from vrprobe.evaluate import score_batch
 from vrprobe.interventions import intervene
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.registry import load_adapter
+from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import TraceConfig, Tracer, exact_work, measure_sigma, reference_work, trace_jobs
 from vrprobe.tracing.replay import attends
 from vrprobe.zoo import replica

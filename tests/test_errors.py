@@ -20,9 +20,9 @@ from vrprobe import checks
 from vrprobe.cli import main
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError, VrprobeError
-from vrprobe.evaluate import score_batch
 from vrprobe.registry import ZOO_DIR, load_adapter
 from vrprobe.runtime.runs import RunDir, check_writable
+from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import TraceConfig, Tracer
 
 from conftest import run_cli

@@ -25,11 +25,11 @@ from vrprobe.analyses.knockout import (
 )
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError
-from vrprobe.evaluate import score_batch
 from vrprobe.interventions import Knockout, Site, intervene
 from vrprobe.interventions.ops import _BlockKeys
 from vrprobe.metrics.heads import head_sharpness
 from vrprobe.metrics.stats import benjamini_hochberg, mean_interval
+from vrprobe.scoring.evaluate import score_batch
 
 from conftest import run_cli
 from numerics import FORWARD, assert_close

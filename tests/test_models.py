@@ -10,8 +10,8 @@ import torch
 
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError, VrprobeError
-from vrprobe.evaluate import score_batch
 from vrprobe.registry import ZOO_DIR, load_adapter, resolve
+from vrprobe.scoring.evaluate import score_batch
 
 from numerics import FORWARD, SUM, assert_close
 

@@ -11,10 +11,10 @@ import torch
 import vrprobe
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError, VrprobeError
-from vrprobe.evaluate import score_batch
 from vrprobe.registry import load_adapter
 from vrprobe.runtime.batching import activation_bytes, auto_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions, resolve_device, resolve_dtype
+from vrprobe.scoring.evaluate import score_batch
 
 from numerics import FORWARD, SUM, assert_close
 

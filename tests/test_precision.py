@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from vrprobe.data import load_dataset
-from vrprobe.evaluate import score_batch
 from vrprobe.registry import load_adapter
+from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import TraceConfig, Tracer, measure_sigma
 
 TOL = 0.02

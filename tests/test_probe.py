@@ -12,11 +12,11 @@ from vrprobe.analyses.probe import ReliabilityProbe, features
 from vrprobe.analyses.proxies import collect
 from vrprobe.data import load_dataset
 from vrprobe.errors import UsageError
-from vrprobe.evaluate import score_batch
 from vrprobe.interventions import Site, intervene
 from vrprobe.metrics.selective import auroc, auroc_interval
 from vrprobe.registry import load_adapter
 from vrprobe.runtime.runs import read_records
+from vrprobe.scoring.evaluate import score_batch
 
 from conftest import run_cli
 from numerics import FORWARD, assert_close

@@ -11,8 +11,8 @@ from transformers import AutoConfig
 
 import replicas
 from vrprobe.data import load_dataset
-from vrprobe.evaluate import score_batch
 from vrprobe.registry import load_adapter
+from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import TraceConfig, Tracer
 from vrprobe.zoo.replica import REAL_SHAPES, real_shape
 

@@ -17,8 +17,8 @@ import replicas
 import vrprobe
 from vrprobe.data import load_dataset
 from vrprobe.data.vqa import VQA_INSTRUCTION
-from vrprobe.evaluate import score_batch
 from vrprobe.runtime.runs import read_records
+from vrprobe.scoring.evaluate import score_batch
 
 from conftest import run_cli
 from fixtures import write_scienceqa, write_vqav2

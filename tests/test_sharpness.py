@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vrprobe.data import load_dataset
-from vrprobe.evaluate import score_batch
 from vrprobe.interventions import Site, intervene
 from vrprobe.metrics.sharpness import image_attention_entropy, max_entropy, normalised_entropy
+from vrprobe.scoring.evaluate import score_batch
 
 
 def test_uniform_row_is_log_n_and_one_hot_is_zero():

@@ -23,10 +23,10 @@ from vrprobe.analyses.band import corrupt_band
 from vrprobe.analyses.knockout import edge_edits
 from vrprobe.data import load_dataset
 from vrprobe.errors import VrprobeError
-from vrprobe.evaluate import score_batch
 from vrprobe.interventions import intervene
 from vrprobe.models.generic import GenericAdapter
 from vrprobe.registry import TESTED_TYPES, load_adapter
+from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import TraceConfig, Tracer, measure_sigma
 
 from numerics import FORWARD, SUM, assert_close

@@ -2,7 +2,7 @@
 
 Python API (mirrors the CLI): `vrprobe.eval`, `vrprobe.trace`, `vrprobe.corrupt`, `vrprobe.study`, `vrprobe.report`,
 returning `EvalResult`, `TraceResult`, `CorruptResult`, `StudyResult` and the report's path.
-Building blocks: `load_adapter(spec)` (models), `load_dataset(spec)` (data), `vrprobe.evaluate.score_batch`.
+Building blocks: `load_adapter(spec)` (models), `load_dataset(spec)` (data), `vrprobe.scoring.evaluate.score_batch`.
 """
 
 __version__ = "0.1.0"

@@ -19,14 +19,15 @@ from vrprobe.analyses.band import DEFINITIONS as BAND_DEFINITIONS
 from vrprobe.analyses.study import StudyConfig, StudyResult, run_study
 from vrprobe.data import load_dataset, stratified_subset
 from vrprobe.errors import UsageError
-from vrprobe.evaluate import DEFINITIONS as EVAL_DEFINITIONS
-from vrprobe.evaluate import score_batch, summarize
 from vrprobe.models import Adapter
+from vrprobe.registry import check_model, load_adapter
 from vrprobe.runtime import devices
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.progress import Progress
 from vrprobe.runtime.runs import RunDir
+from vrprobe.scoring.evaluate import DEFINITIONS as EVAL_DEFINITIONS
+from vrprobe.scoring.evaluate import score_batch, summarize
 from vrprobe.tracing import DEFINITIONS as TRACE_DEFINITIONS
 from vrprobe.tracing import SampleTrace, TraceConfig, mean_grid, trace_dataset
 
@@ -91,7 +92,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     progress: Progress | None = None,
     make_report: bool = True,
 ) -> EvalResult:
-    """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.evaluate`)."""
+    """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.scoring.evaluate`)."""
     checks.options(limit=limit, seed=seed, max_new_tokens=max_new_tokens)
     batch_size = batch_size_option(batch_size)
     load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
@@ -107,7 +108,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     }
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed, image_ablation=image_ablation)
-    adapter = load_options.load(model)
+    adapter = load_adapter(model, **asdict(load_options))
     torch.manual_seed(seed)
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
     records: list[dict[str, Any]] = []
@@ -163,7 +164,7 @@ def trace(
     config = {"command": "trace", "model": model, "data": data, "limit": limit, **asdict(cfg), **asdict(load_options)}
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = load_options.load(model)
+    adapter = load_adapter(model, **asdict(load_options))
     done = {r[0] for r in run.done(("sample_id",), "traces")} if run else set()
     rows: list[dict[str, Any]] = []
 
@@ -234,7 +235,7 @@ def corrupt(
     }
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = load_options.load(model)
+    adapter = load_adapter(model, **asdict(load_options))
     if band == "auto":
         subset = stratified_subset(dataset.samples, trace_limit, seed)
         traced = trace_dataset(adapter, subset, TraceConfig(kinds=("resid",), seed=seed))
@@ -332,7 +333,7 @@ def study(
     batch_size = batch_size_option(batch_size)
     load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
     for spec in checks.spec_list("--models", models):  # a typo in the last model fails now, not after the first
-        checks.model_spec(spec, trust_remote_code=trust_remote_code)
+        check_model(spec, trust_remote_code=trust_remote_code)
     checks.spec_list("--data", data)
 
     def split(x: Sequence[str] | str) -> tuple[str, ...]:

@@ -10,7 +10,6 @@ the Python API refuse the same inputs with the same words. `name` is the option 
 - `options(**values)`: the rules above applied to the API's keyword arguments by name (`RULES`).
 - `band_spec(text)`: `A-B` with 0 <= A <= B, or `auto` (the upper end is checked against the model later).
 - `spec_list(name, specs)`: a comma-separated string or a list of specs, at least one, none twice.
-- `model_spec(spec)`: the spec names a model directory with a readable `config.json` of a supported family.
 - `finite_logits(logits, sample_ids)`: a model's output holds no NaN or inf (`VrprobeError` naming the sample).
 
 The value checks raise `UsageError` (CLI exit 2); `finite_logits` raises `VrprobeError` (exit 1): the input was valid,
@@ -130,14 +129,6 @@ def spec_list(name: str, specs: Sequence[str] | str) -> tuple[str, ...]:
     if twice:
         raise UsageError(f"{name} lists {', '.join(twice)} more than once")
     return out
-
-
-def model_spec(spec: str, *, trust_remote_code: bool = False) -> None:
-    """Refuse a model spec that does not resolve to a model directory of a supported family (reads the config only:
-    no weights are loaded)."""
-    from vrprobe.registry import family_of, resolve
-
-    family_of(resolve(spec), trust_remote_code=trust_remote_code)
 
 
 def finite_logits(logits: torch.Tensor, sample_ids: Sequence[str], *, model: str = "", what: str = "logits") -> None:

@@ -157,6 +157,12 @@ def family_of(path: Path, *, trust_remote_code: bool = False) -> type[Adapter]:
     return GenericAdapter
 
 
+def check_model(spec: str, *, trust_remote_code: bool = False) -> None:
+    """Refuse a model spec that does not resolve to a model directory of a supported family (reads the config only:
+    no weights are loaded)."""
+    family_of(resolve(spec), trust_remote_code=trust_remote_code)
+
+
 def load_adapter(
     spec: str,
     *,

@@ -22,12 +22,12 @@ from typing import Any
 from vrprobe import checks
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
-from vrprobe.evaluate import score_batch
 from vrprobe.interventions import Edit, GaussianNoise, LogitNoise, Site
 from vrprobe.models import Adapter
 from vrprobe.runtime.batching import run_batches
 from vrprobe.runtime.progress import Progress
 from vrprobe.runtime.seeding import derive_seed
+from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import site_std
 
 TARGETS = ("hidden", "attention", "both")

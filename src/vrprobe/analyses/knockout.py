@@ -37,14 +37,15 @@ from vrprobe import checks
 from vrprobe.checks import finite_logits
 from vrprobe.data import Sample, load_dataset
 from vrprobe.errors import UsageError
-from vrprobe.evaluate import score_batch, summarize
 from vrprobe.interventions import Edit, Knockout, Site, intervene
 from vrprobe.metrics.stats import mean_interval
 from vrprobe.models import Adapter, Batch
+from vrprobe.registry import load_adapter
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.progress import Progress
 from vrprobe.runtime.runs import RunDir
+from vrprobe.scoring.evaluate import score_batch, summarize
 
 EDGES = ("image->question", "image->last", "question->last", "last->last")
 #: the position set of each group name (sources: keys; targets: query rows)
@@ -303,7 +304,7 @@ def knockout(
     config.update(limit=limit, seed=seed, **asdict(load_options))
     dataset = load_dataset(data, limit=limit, seed=seed)
     blank = load_dataset(data, limit=limit, seed=seed, image_ablation="blank") if window == "all" else None
-    adapter = load_options.load(model)
+    adapter = load_adapter(model, **asdict(load_options))
     k = window_size(window, adapter.num_layers)
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     done = {r[0] for r in run.done(("sample_id",))} if run else set()

@@ -22,13 +22,14 @@ from vrprobe.analyses.probe import STABILITY_NOISE, ReliabilityProbe, features
 from vrprobe.data import load_dataset
 from vrprobe.data.shift import shift_images
 from vrprobe.errors import UsageError
-from vrprobe.evaluate import score_batch
 from vrprobe.metrics.selective import auroc, auroc_interval, selective
 from vrprobe.models import Adapter
+from vrprobe.registry import load_adapter
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.progress import Progress, Ticker
 from vrprobe.runtime.runs import RunDir
+from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import Attributor, TraceConfig, Tracer, compare, measure_sigma
 from vrprobe.tracing.attribution import DEFINITIONS as ATTRIBUTION_DEFINITIONS
 from vrprobe.tracing.attribution import mean_estimates
@@ -127,7 +128,7 @@ def probe(
             raise UsageError(
                 f"--eval-data {spec} shares samples with the training data {data}: held out means held out"
             )
-    adapter = load_options.load(model)
+    adapter = load_adapter(model, **asdict(load_options))
     bad = [x for x in layers or () if not 0 <= x < adapter.num_layers]
     if bad:
         raise UsageError(f"probe layer {bad[0]} is out of range: the model has layers 0..{adapter.num_layers - 1}")
@@ -252,7 +253,7 @@ def attribute(
     config = {"command": "attribute", "model": model, "data": data, "limit": limit, "compare_trace": compare_trace}
     config.update({**asdict(cfg), **asdict(load_options)})
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = load_options.load(model)
+    adapter = load_adapter(model, **asdict(load_options))
     run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
     done = {r[0] for r in run.done(("sample_id",), "comparison" if compare_trace else "traces")} if run else set()
     sigma = measure_sigma(adapter, dataset.samples)

@@ -17,13 +17,12 @@ import numpy as np
 
 from vrprobe.analyses.probe import ReliabilityProbe, features
 from vrprobe.data import Dataset, Sample, load_dataset
-from vrprobe.metrics.selective import selective
+from vrprobe.metrics.selective import SIGNALS, selective
 from vrprobe.models import Adapter
 from vrprobe.runtime.progress import Progress
 
 PROBE_FRACTION = 0.3
 #: the signals compared, each oriented so that higher = more trusted (sharpness: its entropy negated)
-SIGNALS = {"confidence": "confidence", "sharpness": "sharpness", "margin": "margin", "probe": "reliability"}
 DEFINITIONS = {
     "reliability": "the probe's probability that the answer is correct: logistic regression on the answer "
     "position's hidden state at probe_layer, standardised; layer and regularisation chosen by cross-validation on "

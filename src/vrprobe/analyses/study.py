@@ -25,22 +25,22 @@ from vrprobe.analyses.probe import ReliabilityProbe, features
 from vrprobe.analyses.reliability import DEFINITIONS as RELIABILITY_DEFINITIONS
 from vrprobe.analyses.reliability import probe_split, reliability_verdict, selective_stats, train_probe
 from vrprobe.data import Dataset, load_dataset, stratified_subset
-from vrprobe.evaluate import score_batch
 from vrprobe.metrics.calibration import calibration_summary
 from vrprobe.metrics.heads import head_sharpness
-from vrprobe.metrics.stats import correlation
+from vrprobe.metrics.stats import ALPHA, correlation
 from vrprobe.models import Adapter
+from vrprobe.registry import load_adapter
 from vrprobe.runtime.batching import choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.devices import facts as device_facts
 from vrprobe.runtime.progress import Progress
 from vrprobe.runtime.runs import RunDir
+from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import TraceConfig, trace_dataset
 
 #: normalised-entropy change below which attention "stays focused" under band corruption
 FOCUS_TOLERANCE = 0.05
 #: a correlation counts only when its 95% CI excludes 0 and its permutation p is below this
-ALPHA = 0.05
 
 DEFINITIONS = {
     "confidence": "softmax over the candidate answers of each candidate's summed token log-likelihood, at the "
@@ -293,7 +293,7 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
     probes: dict[str, dict[str, Any]] = {}
     for spec in cfg.models:
         torch.manual_seed(cfg.seed)
-        adapter = cfg.load_options.load(spec)
+        adapter = load_adapter(spec, **asdict(cfg.load_options))
         facts[spec] = {"family": adapter.family, "params": adapter.num_params, **device_facts(adapter)}
         if spec not in bands:
             bands[spec] = find_band(adapter, spec, datasets[0], cfg, progress)

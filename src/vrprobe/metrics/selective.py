@@ -29,6 +29,9 @@ from scipy.stats import rankdata
 from vrprobe.errors import UsageError
 
 COVERAGES = (0.5, 0.8, 0.9)
+SIGNALS = {"confidence": "confidence", "sharpness": "sharpness", "margin": "margin", "probe": "reliability"}
+"""The study's reliability signals: name -> the record column holding it (higher = more trusted, after `selective`
+negates sharpness)."""
 
 
 def _inputs(signal: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,9 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 Method = Literal["pearson", "spearman", "pointbiserial"]
+ALPHA = 0.05
+"""The significance level of every verdict: a result is "supported" when its 95% interval excludes 0 and its
+permutation p (or Benjamini-Hochberg q, for heads) is below ALPHA."""
 _METHODS = ("pearson", "spearman", "pointbiserial")
 _CHUNK_ELEMENTS = 1 << 21  # resamples are processed in blocks of about this many (row × sample) entries
 _TIE_TOL = 1e-12  # |r_perm| ≥ |r| − tol counts as "at least as extreme" (float round-off in exact ties)

@@ -17,9 +17,10 @@ from typing import Any
 
 import jinja2
 
-from vrprobe.analyses.study import ALPHA
 from vrprobe.errors import VrprobeError
 from vrprobe.metrics.calibration import reliability_diagram
+from vrprobe.metrics.selective import SIGNALS as SIGNAL_COLUMNS
+from vrprobe.metrics.stats import ALPHA
 from vrprobe.reporting import flow, plots
 from vrprobe.reporting.tables import p_value, params, r_interval, sig3
 from vrprobe.runtime.runs import atomic_write, read_records
@@ -266,7 +267,6 @@ def _auroc_overview(table: Sequence[dict[str, Any]]) -> Plot | None:
 
 def _risk_coverage(title: str, records: Sequence[dict[str, Any]]) -> Plot | None:
     """Risk–coverage curves of every signal on the held-out records (those the probe was not trained on)."""
-    from vrprobe.analyses.reliability import SIGNALS
     from vrprobe.metrics.selective import risk_coverage
 
     held = [r for r in records if not r.get("probe_train")]
@@ -274,7 +274,7 @@ def _risk_coverage(title: str, records: Sequence[dict[str, Any]]) -> Plot | None
         return None
     correct = [float(r["correct"]) for r in held]
     curves = {}
-    for name, column in SIGNALS.items():
+    for name, column in SIGNAL_COLUMNS.items():
         values = [r.get(column) for r in held]
         if all(v is not None and v == v for v in values):
             curves[name] = risk_coverage([-v if name == "sharpness" else v for v in values], correct)

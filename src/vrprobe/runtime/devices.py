@@ -12,7 +12,7 @@ Every tensor vrprobe makes afterwards follows the device of the tensor it meets.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -118,12 +118,6 @@ class LoadOptions:
         """`resolve` for its errors only; returns these options."""
         self.resolve()
         return self
-
-    def load(self, spec: str) -> Any:
-        """`vrprobe.registry.load_adapter(spec)` with these options."""
-        from vrprobe.registry import load_adapter
-
-        return load_adapter(spec, **asdict(self))
 
 
 def facts(adapter: Any) -> dict[str, str]:

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from vrprobe import __version__
-
-    return {"vrprobe": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return {"vrprobe": version("vrprobe"), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -43,7 +43,6 @@ import torch
 from vrprobe.checks import finite_logits
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
-from vrprobe.evaluate import closed_record, open_record
 from vrprobe.interventions import Site, intervene
 from vrprobe.interventions.attention import HOOK_KWARG, PREFIX_KWARG
 from vrprobe.interventions.hooks import first_output, layer_parts
@@ -51,6 +50,7 @@ from vrprobe.interventions.ops import AttentionIntervention
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.base import Adapter, Batch
 from vrprobe.runtime.progress import Progress, Ticker
+from vrprobe.scoring.evaluate import closed_record, open_record
 from vrprobe.tracing.engine import TraceConfig, Tracer, mean_grid, measure_sigma
 from vrprobe.tracing.replay import CACHE_KWARGS, run_layers
 from vrprobe.tracing.restoration import window_layers

@@ -29,12 +29,12 @@ from vrprobe import checks
 from vrprobe.checks import finite_logits
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
-from vrprobe.evaluate import closed_record, open_record
 from vrprobe.interventions import GaussianNoise, Site, intervene
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.base import Adapter, Batch
 from vrprobe.runtime import seeding
 from vrprobe.runtime.progress import Progress, Ticker
+from vrprobe.scoring.evaluate import closed_record, open_record
 from vrprobe.tracing.replay import attends, capture_layer_calls
 from vrprobe.tracing.restoration import (
     Job,
