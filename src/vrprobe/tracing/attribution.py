@@ -49,9 +49,9 @@ from vrprobe.interventions.hooks import first_output, layer_parts
 from vrprobe.interventions.ops import AttentionIntervention
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.base import Adapter, Batch
-from vrprobe.runtime.progress import Progress, Ticker
+from vrprobe.runtime.progress import Progress
 from vrprobe.scoring.evaluate import closed_record, open_record
-from vrprobe.tracing.engine import TraceConfig, Tracer, mean_grid, measure_sigma
+from vrprobe.tracing.engine import TraceConfig, Tracer, each_sample, mean_grid, measure_sigma
 from vrprobe.tracing.replay import CACHE_KWARGS, run_layers
 from vrprobe.tracing.restoration import window_layers
 
@@ -339,13 +339,6 @@ def attribute_dataset(
     if sigma is None:
         sigma = measure_sigma(adapter, calibration or samples)
     attributor = Attributor(adapter, sigma, cfg, linear=linear)
-    tick = Ticker(progress, stage, len(samples))
-    out = []
-    for i, s in enumerate(samples):
-        if s.id not in done:
-            out.append(attributor.attribute(s, index=i))
-            if on_attribution:
-                on_attribution(i, out[-1])
-        tick(1)
+    out = each_sample(samples, attributor.attribute, progress, stage, done, on_attribution)
     grid = mean_estimates([row for a in out for row in a.rows()])
     return DatasetAttribution(attributions=out, sigma=sigma, cfg=cfg, grid=grid)

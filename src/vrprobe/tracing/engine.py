@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -254,6 +254,30 @@ def mean_grid(rows: Sequence[dict[str, Any]], values: Sequence[str] = ("effect",
     ]
 
 
+R = TypeVar("R")
+
+
+def each_sample(
+    samples: Sequence[Sample],
+    work: Callable[[Sample, int], R],
+    progress: Progress | None,
+    stage: str,
+    done: Collection[str],
+    on_result: Callable[[int, R], None] | None,
+) -> list[R]:
+    """`work(sample, index)` for every sample whose id is not in `done` (a resumed run), in order, with
+    `on_result(index, result)` as each finishes and one progress tick per sample; the results of this call."""
+    tick = Ticker(progress, stage, len(samples))
+    out = []
+    for i, s in enumerate(samples):
+        if s.id not in done:
+            out.append(work(s, i))
+            if on_result:
+                on_result(i, out[-1])
+        tick(1)
+    return out
+
+
 def trace_dataset(
     adapter: Adapter,
     samples: Sequence[Sample],
@@ -271,13 +295,5 @@ def trace_dataset(
     directory appends it). The returned grid covers the samples traced in this call."""
     if sigma is None:
         sigma = measure_sigma(adapter, calibration or samples)
-    tracer = Tracer(adapter, sigma, cfg)
-    tick = Ticker(progress, stage, len(samples))
-    traces = []
-    for i, s in enumerate(samples):
-        if s.id not in done:
-            traces.append(tracer.trace(s, index=i))
-            if on_trace:
-                on_trace(i, traces[-1])
-        tick(1)
+    traces = each_sample(samples, Tracer(adapter, sigma, cfg).trace, progress, stage, done, on_trace)
     return DatasetTrace(traces=traces, sigma=sigma, cfg=cfg, grid=mean_grid([row for t in traces for row in t.rows()]))
