@@ -40,7 +40,9 @@ def test_device_and_dtype_resolution():
 
 
 def test_eval_records_device_and_dtype(tmp_path):
-    res = vrprobe.eval("zoo:qwen2vl", "easy-vqa:test", limit=8, dtype="bfloat16", out=tmp_path / "run")
+    res = vrprobe.eval(
+        "zoo:qwen2vl", "easy-vqa:test", limit=8, options=LoadOptions(dtype="bfloat16"), out=tmp_path / "run"
+    )
     assert res.summary["model"]["dtype"] == "bfloat16" and res.summary["model"]["device"] == "cpu"
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
     assert manifest["dtype"] == "bfloat16" and manifest["device"] == "auto"

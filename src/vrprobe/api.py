@@ -1,7 +1,11 @@
-"""The Python API, mirroring the CLI: `eval`, `trace`, `corrupt`, `study`, `report`.
+"""The Python API, mirroring the CLI: `load`, `eval`, `trace`, `corrupt`, `knockout`, `attribute`, `probe`, `study`,
+`report`.
 
-Each takes the CLI's options as keyword arguments, writes (and resumes) a run directory when `out` is given, builds
-its `report.html`, and returns a typed result. `progress(stage, done, total)` is called as work finishes.
+Each analysis takes a model spec or a model loaded once with `load`, the CLI's options as keyword arguments and the
+six loading options as one `options=LoadOptions(...)` (the six keywords themselves still work, deprecated); it writes
+(and resumes) a run directory when `out` is given, builds its `report.html`, and returns a typed result. A run's
+manifest is the same whether the model came as a spec or loaded. `progress(stage, done, total)` is called as work
+finishes. `knockout`, `attribute` and `probe` live in `vrprobe.analyses` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ import torch
 from vrprobe import checks
 from vrprobe.analyses.band import AUTO_GROUPS, BandResult, auto_band, check_band_options, corrupt_band, parse_band
 from vrprobe.analyses.band import DEFINITIONS as BAND_DEFINITIONS
+from vrprobe.analyses.knockout import KnockoutResult, knockout
+from vrprobe.analyses.proxies import AttributeResult, ProbeResult, attribute, probe
 from vrprobe.analyses.study import StudyConfig, StudyResult, run_study
 from vrprobe.data import load_dataset, stratified_subset
 from vrprobe.errors import UsageError
 from vrprobe.models import Adapter
-from vrprobe.registry import check_model, load_adapter
+from vrprobe.registry import as_adapter, check_model, model_ref
 from vrprobe.runtime import devices
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.progress import Progress
-from vrprobe.runtime.runs import RunDir
+from vrprobe.runtime.runs import RunDir, open_run, run_config
 from vrprobe.scoring.evaluate import DEFINITIONS as EVAL_DEFINITIONS
 from vrprobe.scoring.evaluate import score_batch, summarize
 from vrprobe.tracing import DEFINITIONS as TRACE_DEFINITIONS
@@ -64,6 +70,12 @@ def _model_facts(spec: str, adapter: Adapter) -> dict[str, Any]:
     return {"spec": spec, "family": adapter.family, "params": adapter.num_params, **devices.facts(adapter)}
 
 
+def load(model: str | Adapter, options: LoadOptions | None = None) -> Adapter:
+    """Load a model once (`vrprobe.registry.load_adapter`) for several analyses: every API function takes the adapter
+    in place of the spec, loads nothing, and records the spec and `options` it was loaded with."""
+    return as_adapter(model, options)
+
+
 def _finish(run: RunDir | None, summary: dict[str, Any], make_report: bool) -> None:
     if run is None:
         return
@@ -73,7 +85,7 @@ def _finish(run: RunDir | None, summary: dict[str, Any], make_report: bool) -> N
 
 
 def eval(  # noqa: A001 - mirrors `vrprobe eval`
-    model: str,
+    model: str | Adapter,
     data: str,
     *,
     out: Path | str | None = None,
@@ -82,33 +94,20 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     seed: int = 0,
     image_ablation: str | None = None,
     max_new_tokens: int = 10,
-    device: str = "auto",
-    dtype: str = "auto",
-    device_map: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    trust_remote_code: bool = False,
+    options: LoadOptions | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
+    **legacy: Any,
 ) -> EvalResult:
     """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.scoring.evaluate`)."""
     checks.options(limit=limit, seed=seed, max_new_tokens=max_new_tokens)
     batch_size = batch_size_option(batch_size)
-    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
-    config = {
-        "command": "eval",
-        "model": model,
-        "data": data,
-        "limit": limit,
-        "seed": seed,
-        "image_ablation": image_ablation,
-        "max_new_tokens": max_new_tokens,
-        **asdict(load_options),
-    }
-    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    spec, load_options = model_ref(model, LoadOptions.from_kwargs(options, legacy, "eval"))
+    fields = {"data": data, "limit": limit, "seed": seed, "image_ablation": image_ablation}
+    run = open_run(out, run_config("eval", spec, load_options, **fields, max_new_tokens=max_new_tokens), overwrite)
     dataset = load_dataset(data, limit=limit, seed=seed, image_ablation=image_ablation)
-    adapter = load_adapter(model, **asdict(load_options))
+    adapter = as_adapter(model, load_options)
     torch.manual_seed(seed)
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
     records: list[dict[str, Any]] = []
@@ -119,11 +118,11 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
         run.append(rows) if run else records.extend(rows)
 
     size = choose_batch_size(adapter, dataset.samples, batch_size)
-    used = run_batches(dataset.samples, size, work, done=done, progress=progress, stage=f"eval {model}")
+    used = run_batches(dataset.samples, size, work, done=done, progress=progress, stage=f"eval {spec}")
     records = sorted(run.read() if run else records, key=lambda r: r["index"])
     summary = {
         **summarize(records),
-        "model": _model_facts(model, adapter),
+        "model": _model_facts(spec, adapter),
         "data": data,
         "limit": limit,
         "seed": seed,
@@ -136,7 +135,7 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
 
 
 def trace(
-    model: str,
+    model: str | Adapter,
     data: str,
     *,
     out: Path | str | None = None,
@@ -146,25 +145,20 @@ def trace(
     noise: float = 3.0,
     window: int = 3,
     seed: int = 0,
-    device: str = "auto",
-    dtype: str = "auto",
-    device_map: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    trust_remote_code: bool = False,
+    options: LoadOptions | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
+    **legacy: Any,
 ) -> TraceResult:
     """Causal tracing per sample; the dataset mean grid is the circuit (see `vrprobe.tracing`)."""
     checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
     kinds = kinds.split(",") if isinstance(kinds, str) else kinds  # trace(kinds="resid,mlp") as on the CLI
     cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
-    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
-    config = {"command": "trace", "model": model, "data": data, "limit": limit, **asdict(cfg), **asdict(load_options)}
-    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    spec, load_options = model_ref(model, LoadOptions.from_kwargs(options, legacy, "trace"))
+    run = open_run(out, run_config("trace", spec, load_options, data=data, limit=limit, **asdict(cfg)), overwrite)
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = load_adapter(model, **asdict(load_options))
+    adapter = as_adapter(model, load_options)
     done = {r[0] for r in run.done(("sample_id",), "traces")} if run else set()
     rows: list[dict[str, Any]] = []
 
@@ -173,12 +167,12 @@ def trace(
         run.append(new, "traces") if run else rows.extend(new)
 
     traced = trace_dataset(
-        adapter, dataset.samples, cfg, progress=progress, stage=f"trace {model}", done=done, on_trace=keep
+        adapter, dataset.samples, cfg, progress=progress, stage=f"trace {spec}", done=done, on_trace=keep
     )
     rows = sorted(run.read("traces") if run else rows, key=lambda r: r["index"])
     per_sample = {r["sample_id"]: r for r in rows}
     summary = {
-        "model": _model_facts(model, adapter),
+        "model": _model_facts(spec, adapter),
         "data": data,
         "n": len(per_sample),
         "sigma": traced.sigma,
@@ -192,7 +186,7 @@ def trace(
 
 
 def corrupt(
-    model: str,
+    model: str | Adapter,
     data: str,
     band: str,
     *,
@@ -204,38 +198,24 @@ def corrupt(
     trace_limit: int = 20,
     batch_size: int | str = 32,
     seed: int = 0,
-    device: str = "auto",
-    dtype: str = "auto",
-    device_map: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    trust_remote_code: bool = False,
+    options: LoadOptions | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
+    **legacy: Any,
 ) -> CorruptResult:
     """Band corruption: accuracy and sharpness with noise on a band of layers (see `vrprobe.analyses.band`)."""
     checks.options(noise=noise, limit=limit, trace_limit=trace_limit, seed=seed)
     batch_size = batch_size_option(batch_size)
     checks.band_spec(band)
     check_band_options(target, positions)
-    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
-    config = {
-        "command": "corrupt",
-        "model": model,
-        "data": data,
-        "band": band,
-        "target": target,
-        "noise": noise,
-        "positions": positions,
-        "limit": limit,
-        "trace_limit": trace_limit,
-        "seed": seed,
-        **asdict(load_options),
-    }
-    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    spec, load_options = model_ref(model, LoadOptions.from_kwargs(options, legacy, "corrupt"))
+    fields = {"data": data, "band": band, "target": target, "noise": noise, "positions": positions, "limit": limit}
+    run = open_run(
+        out, run_config("corrupt", spec, load_options, **fields, trace_limit=trace_limit, seed=seed), overwrite
+    )
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = load_adapter(model, **asdict(load_options))
+    adapter = as_adapter(model, load_options)
     if band == "auto":
         subset = stratified_subset(dataset.samples, trace_limit, seed)
         traced = trace_dataset(adapter, subset, TraceConfig(kinds=("resid",), seed=seed))
@@ -270,7 +250,7 @@ def corrupt(
         seed=seed,
         batch_size=choose_batch_size(adapter, dataset.samples, batch_size),
         progress=progress,
-        stage=f"corrupt {model} layers {layers[0]}-{layers[1]}",
+        stage=f"corrupt {spec} layers {layers[0]}-{layers[1]}",
         done=done,
         on_batch=keep,
     )
@@ -288,7 +268,7 @@ def corrupt(
         ],
     )
     summary = {
-        "model": _model_facts(model, adapter),
+        "model": _model_facts(spec, adapter),
         "data": data,
         **result.summary(),
         "band_source": band,
@@ -299,7 +279,7 @@ def corrupt(
 
 
 def study(
-    models: Sequence[str] | str,
+    models: Sequence[str | Adapter] | str | Adapter,
     data: Sequence[str] | str,
     *,
     out: Path | str | None = None,
@@ -311,17 +291,14 @@ def study(
     batch_size: int | str = 32,
     seed: int = 0,
     max_new_tokens: int = 10,
-    device: str = "auto",
-    dtype: str = "auto",
-    device_map: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    trust_remote_code: bool = False,
+    options: LoadOptions | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
+    **legacy: Any,
 ) -> StudyResult:
-    """All four modules over models × datasets (see `vrprobe.analyses.study`)."""
+    """All four modules over models × datasets (see `vrprobe.analyses.study`). Each of `models` is a spec or a loaded
+    model; the study's loading options are `options`, or those the loaded models share (its specs load with them)."""
     checks.options(
         limit=limit,
         trace_limit=trace_limit,
@@ -331,17 +308,21 @@ def study(
         max_new_tokens=max_new_tokens,
     )
     batch_size = batch_size_option(batch_size)
-    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
-    for spec in checks.spec_list("--models", models):  # a typo in the last model fails now, not after the first
-        check_model(spec, trust_remote_code=trust_remote_code)
-    checks.spec_list("--data", data)
-
-    def split(x: Sequence[str] | str) -> tuple[str, ...]:
-        return tuple(p.strip() for p in (x.split(",") if isinstance(x, str) else x) if p.strip())
-
+    given = LoadOptions.from_kwargs(options, legacy, "study")
+    entries = models.split(",") if isinstance(models, str) else [models] if isinstance(models, Adapter) else models
+    refs = [model_ref(m, given) if isinstance(m, Adapter) else (str(m), None) for m in entries]
+    loaded = {spec: m for (spec, _), m in zip(refs, entries, strict=True) if isinstance(m, Adapter)}
+    shared = {o for _, o in refs if o is not None}
+    if len(shared) > 1:
+        raise UsageError("the loaded models of one study were loaded with different options: load them alike")
+    load_options = shared.pop() if shared else given.check()
+    specs = checks.spec_list("--models", [spec for spec, _ in refs])
+    for spec in specs:  # a typo in the last model fails now, not after the first
+        if spec not in loaded:
+            check_model(spec, trust_remote_code=load_options.trust_remote_code)
     cfg = StudyConfig(
-        models=split(models),
-        data=split(data),
+        models=specs,
+        data=checks.spec_list("--data", data),
         limit=limit,
         trace_limit=trace_limit,
         probe_limit=probe_limit,
@@ -356,10 +337,10 @@ def study(
         raise UsageError("--models and --data each need at least one spec")
     if band_positions not in AUTO_GROUPS:
         raise UsageError(f"unknown --band-positions '{band_positions}' (known: {', '.join(AUTO_GROUPS)})")
-    run = RunDir(Path(out), {"command": "study", **asdict(cfg)}, overwrite=overwrite) if out is not None else None
+    run = open_run(out, {"command": "study", **asdict(cfg)}, overwrite)
     for spec in cfg.data:  # fail on a bad dataset spec before any model work
         load_dataset(spec, limit=1)
-    result = run_study(cfg, run, progress)
+    result = run_study(cfg, run, progress, loaded)
     if run and make_report:
         report(run.path)
     return result
@@ -375,4 +356,20 @@ def report(out: Path | str) -> Path:
     return build_report(Path(out))
 
 
-__all__ = ["CorruptResult", "EvalResult", "TraceResult", "corrupt", "eval", "report", "study", "trace"]
+__all__ = [
+    "AttributeResult",
+    "CorruptResult",
+    "EvalResult",
+    "KnockoutResult",
+    "ProbeResult",
+    "TraceResult",
+    "attribute",
+    "corrupt",
+    "eval",
+    "knockout",
+    "load",
+    "probe",
+    "report",
+    "study",
+    "trace",
+]

@@ -5,6 +5,8 @@ is downloaded), or a path to a local model directory laid out as `save_pretraine
 
 This is where models are loaded, so it is also where vrprobe's attention function is registered with transformers
 (`vrprobe.interventions.attention.register`); the adapters in `vrprobe.models` know nothing of interventions.
+A loaded adapter remembers what it was loaded from: `adapter.spec` and `adapter.load_options` (a `LoadOptions`), so
+that `as_adapter` lets every API function take a spec or a loaded adapter and record the same manifest for both.
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ def check_model(spec: str, *, trust_remote_code: bool = False) -> None:
 
 def load_adapter(
     spec: str,
+    options: LoadOptions | None = None,
     *,
     attn_implementation: str = "vrprobe",
     device: str | torch.device | None = "auto",
@@ -178,10 +181,16 @@ def load_adapter(
     `device` in `dtype` (`vrprobe.runtime.devices`: auto = cuda, else mps, else cpu; bfloat16 on a GPU that supports it,
     float16 on other GPUs, float32 on the CPU), or across devices with `device_map="auto"`; `min_pixels` /
     `max_pixels` bound a native-resolution processor's image resizing (Qwen2-VL and its successors);
-    `trust_remote_code` lets a checkpoint's own code run (off by default: `--trust-remote-code`)."""
-    where, precision, device_map = LoadOptions(device, dtype, device_map, min_pixels, max_pixels).resolve()
+    `trust_remote_code` lets a checkpoint's own code run (off by default: `--trust-remote-code`). The six loading
+    options come either as `options` (a `LoadOptions`) or as the keywords, not both. The adapter gets `spec` and
+    `load_options` attributes: what it was loaded from."""
+    given = LoadOptions(device or "auto", dtype or "auto", device_map, min_pixels, max_pixels, trust_remote_code)
+    if options is not None and given != LoadOptions():
+        raise UsageError("load_adapter: pass the loading options once, as options= or as keywords")
+    options = options if options is not None else given
+    where, precision, device_map = options.resolve()
     path = resolve(spec)
-    cls = family_of(path, trust_remote_code=trust_remote_code)
+    cls = family_of(path, trust_remote_code=options.trust_remote_code)
     if not any((path / f).is_file() for f in PROCESSOR_FILES):
         raise VrprobeError(f"{path} has no processor files ({' or '.join(PROCESSOR_FILES)}): save the processor too")
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
@@ -196,7 +205,7 @@ def load_adapter(
             device=where,
             device_map=device_map,
             name=spec,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=options.trust_remote_code,
         )
     except VrprobeError:
         raise
@@ -206,5 +215,41 @@ def load_adapter(
             first = "the weights' shapes do not match config.json"
         what = first if isinstance(exc, OSError) and first else f"{type(exc).__name__}: {first}".rstrip(": ")
         raise VrprobeError(f"cannot load model from {path}: {what}") from exc
-    adapter.set_pixel_limits(min_pixels, max_pixels)
+    adapter.set_pixel_limits(options.min_pixels, options.max_pixels)
+    adapter.spec, adapter.load_options = spec, options  # type: ignore[attr-defined]
     return adapter
+
+
+def model_ref(model: str | os.PathLike | Adapter, options: LoadOptions | None = None) -> tuple[str, LoadOptions]:
+    """The spec and the checked loading options a `model` argument stands for, loading nothing: a spec with `options`
+    (None: the defaults), or a loaded adapter with the ones it was loaded with. A loaded adapter with other non-default
+    `options`, or one not loaded by `load_adapter` with vrprobe's attention function, is a `UsageError`."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model), (options if options is not None else LoadOptions()).check()
+    if not isinstance(model, Adapter):
+        raise UsageError(f"model must be a spec (zoo:NAME, hf:ORG/NAME, a directory) or a loaded model, got {model!r}")
+    spec, loaded = getattr(model, "spec", None), getattr(model, "load_options", None)
+    if spec is None or loaded is None:
+        raise UsageError(f"{model.name} was not loaded by vrprobe.load: its spec and loading options are unknown")
+    if not model.records_attention:
+        raise UsageError(f"{spec} was loaded with another attention function: load it with vrprobe.load(spec)")
+    if options is not None and options not in (loaded, LoadOptions()):
+        raise UsageError(
+            f"{spec} is already loaded (with {_changed(loaded)}): options={_changed(options)} cannot apply to it; "
+            "pass the spec instead, or load it with those options"
+        )
+    return spec, loaded
+
+
+def as_adapter(model: str | os.PathLike | Adapter, options: LoadOptions | None = None) -> Adapter:
+    """`model` itself when it is a loaded adapter (checked as `model_ref` checks it), else the adapter loaded from the
+    spec with `options`: what every API function does with its `model` argument."""
+    spec, options = model_ref(model, options)
+    return model if isinstance(model, Adapter) else load_adapter(spec, options)
+
+
+def _changed(options: LoadOptions) -> str:
+    """`LoadOptions(dtype='bfloat16')`: the fields that differ from the defaults."""
+    default = LoadOptions()
+    fields = {k: v for k, v in vars(options).items() if getattr(default, k) != v}
+    return f"LoadOptions({', '.join(f'{k}={v!r}' for k, v in fields.items())})"

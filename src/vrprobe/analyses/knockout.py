@@ -26,7 +26,7 @@ Definitions (also written into `summary.json`, see `DEFINITIONS`):
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,11 @@ from vrprobe.errors import UsageError
 from vrprobe.interventions import Edit, Knockout, Site, intervene
 from vrprobe.metrics.stats import mean_interval
 from vrprobe.models import Adapter, Batch
-from vrprobe.registry import load_adapter
+from vrprobe.registry import as_adapter, model_ref
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.progress import Progress
-from vrprobe.runtime.runs import RunDir
+from vrprobe.runtime.runs import open_run, run_config
 from vrprobe.scoring.evaluate import score_batch, summarize
 
 EDGES = ("image->question", "image->last", "question->last", "last->last")
@@ -274,7 +274,7 @@ def knockout_summary(records: Sequence[dict[str, Any]], rows: Sequence[dict[str,
 
 
 def knockout(
-    model: str,
+    model: str | Adapter,
     data: str,
     *,
     out: Path | str | None = None,
@@ -284,14 +284,10 @@ def knockout(
     batch_size: int | str = 16,
     seed: int = 0,
     n_boot: int = 1000,
-    device: str = "auto",
-    dtype: str = "auto",
-    device_map: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    trust_remote_code: bool = False,
+    options: LoadOptions | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    **legacy: Any,
 ) -> KnockoutResult:
     """`vrprobe knockout`: every edge × window over the dataset (resumable in `out`), the effects with intervals and
     the integration layers; with `window='all'` also the full-knockout and blank-image accuracies."""
@@ -299,14 +295,15 @@ def knockout(
     edges = parse_edges(edges)
     window = check_window(window)
     batch_size = batch_size_option(batch_size)
-    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
-    config = {"command": "knockout", "model": model, "data": data, "window": window, "edges": list(edges)}
-    config.update(limit=limit, seed=seed, **asdict(load_options))
+    spec, load_options = model_ref(model, LoadOptions.from_kwargs(options, legacy, "knockout"))
+    config = run_config(
+        "knockout", spec, load_options, data=data, window=window, edges=list(edges), limit=limit, seed=seed
+    )
     dataset = load_dataset(data, limit=limit, seed=seed)
     blank = load_dataset(data, limit=limit, seed=seed, image_ablation="blank") if window == "all" else None
-    adapter = load_adapter(model, **asdict(load_options))
+    adapter = as_adapter(model, load_options)
     k = window_size(window, adapter.num_layers)
-    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    run = open_run(out, config, overwrite)
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
     size = choose_batch_size(adapter, dataset.samples, batch_size)
     records, rows = run_knockout(
@@ -317,7 +314,7 @@ def knockout(
         batch_size=size,
         blank=blank.samples if blank else None,
         progress=progress,
-        stage=f"knockout {model}",
+        stage=f"knockout {spec}",
         done=done,
         # windows first, then the records that mark the batch done (a resumed run drops a partial batch's windows)
         on_batch=(lambda idx, recs, win: (run.append(win, "windows"), run.append(recs))) if run else None,
@@ -334,7 +331,7 @@ def knockout(
                 rows.append(r)
     records.sort(key=lambda r: r["index"])
     summary = {
-        "model": model,
+        "model": spec,
         "data": data,
         "window": window if window == "all" else k,
         "edges": list(edges),

@@ -24,11 +24,11 @@ from vrprobe.data.shift import shift_images
 from vrprobe.errors import UsageError
 from vrprobe.metrics.selective import auroc, auroc_interval, selective
 from vrprobe.models import Adapter
-from vrprobe.registry import load_adapter
+from vrprobe.registry import as_adapter, model_ref
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.progress import Progress, Ticker
-from vrprobe.runtime.runs import RunDir
+from vrprobe.runtime.runs import open_run, run_config
 from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import Attributor, TraceConfig, Tracer, compare, measure_sigma
 from vrprobe.tracing.attribution import DEFINITIONS as ATTRIBUTION_DEFINITIONS
@@ -84,7 +84,7 @@ def signal_values(records: Sequence[dict[str, Any]], name: str) -> np.ndarray:
 
 
 def probe(
-    model: str,
+    model: str | Adapter,
     data: str,
     eval_data: str | Sequence[str],
     *,
@@ -93,14 +93,10 @@ def probe(
     limit: int | None = None,
     batch_size: int | str = 32,
     seed: int = 0,
-    device: str = "auto",
-    dtype: str = "auto",
-    device_map: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    trust_remote_code: bool = False,
+    options: LoadOptions | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    **legacy: Any,
 ) -> ProbeResult:
     """Train reliability probes on `data` and score them, beside confidence, sharpness and the margin, on each of
     `eval_data` (the first is the held-out test set; further ones measure transfer, e.g. a shifted copy)."""
@@ -109,17 +105,9 @@ def probe(
     specs = [s for s in (eval_data.split(",") if isinstance(eval_data, str) else eval_data) if s]
     if not specs:
         raise UsageError("--eval-data needs at least one dataset spec")
-    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
-    config = {
-        "command": "probe",
-        "model": model,
-        "data": data,
-        "eval_data": specs,
-        "layers": list(layers) if layers else None,
-        "limit": limit,
-        "seed": seed,
-        **asdict(load_options),
-    }
+    model_spec, load_options = model_ref(model, LoadOptions.from_kwargs(options, legacy, "probe"))
+    fields = {"data": data, "eval_data": specs, "layers": list(layers) if layers else None}
+    config = run_config("probe", model_spec, load_options, **fields, limit=limit, seed=seed)
     train_set = load_dataset(data, limit=limit, seed=seed)
     test_sets = [load_dataset(spec, limit=limit, seed=seed) for spec in specs]
     train_ids = {s.id for s in train_set.samples}
@@ -128,11 +116,11 @@ def probe(
             raise UsageError(
                 f"--eval-data {spec} shares samples with the training data {data}: held out means held out"
             )
-    adapter = load_adapter(model, **asdict(load_options))
+    adapter = as_adapter(model, load_options)
     bad = [x for x in layers or () if not 0 <= x < adapter.num_layers]
     if bad:
         raise UsageError(f"probe layer {bad[0]} is out of range: the model has layers 0..{adapter.num_layers - 1}")
-    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    run = open_run(out, config, overwrite)
     torch.manual_seed(seed)
     train = collect(adapter, train_set.samples, batch_size, progress, f"probe features {data}")
     noisy = shift_images(train_set.samples, {"noise": STABILITY_NOISE}, seed)
@@ -177,7 +165,7 @@ def probe(
         ]
     first = evaluations[specs[0]]["selective"]
     summary = {
-        "model": model,
+        "model": model_spec,
         "data": data,
         "eval_data": specs,
         "n_train": len(train),
@@ -224,7 +212,7 @@ class AttributeResult:
 
 
 def attribute(
-    model: str,
+    model: str | Adapter,
     data: str,
     *,
     out: Path | str | None = None,
@@ -235,32 +223,27 @@ def attribute(
     window: int = 3,
     seed: int = 0,
     compare_trace: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    device_map: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    trust_remote_code: bool = False,
+    options: LoadOptions | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    **legacy: Any,
 ) -> AttributeResult:
     """Attribution patching over the causal trace's grid for every sample (`vrprobe.tracing.attribution`); with
     `compare_trace`, the exact trace of the same samples too, and how well the estimate ranks its cells."""
     checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
     kinds = kinds.split(",") if isinstance(kinds, str) else kinds
     cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
-    load_options = LoadOptions(device, dtype, device_map, min_pixels, max_pixels, trust_remote_code).check()
-    config = {"command": "attribute", "model": model, "data": data, "limit": limit, "compare_trace": compare_trace}
-    config.update({**asdict(cfg), **asdict(load_options)})
+    spec, load_options = model_ref(model, LoadOptions.from_kwargs(options, legacy, "attribute"))
+    fields = {"data": data, "limit": limit, "compare_trace": compare_trace, **asdict(cfg)}
     dataset = load_dataset(data, limit=limit, seed=seed)
-    adapter = load_adapter(model, **asdict(load_options))
-    run = RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
+    adapter = as_adapter(model, load_options)
+    run = open_run(out, run_config("attribute", spec, load_options, **fields), overwrite)
     done = {r[0] for r in run.done(("sample_id",), "comparison" if compare_trace else "traces")} if run else set()
     sigma = measure_sigma(adapter, dataset.samples)
     attributor, tracer = Attributor(adapter, sigma, cfg), Tracer(adapter, sigma, cfg)
     rows: list[dict[str, Any]] = []
     comparisons: list[dict[str, Any]] = []
-    tick = Ticker(progress, f"attribute {model}", len(dataset.samples))
+    tick = Ticker(progress, f"attribute {spec}", len(dataset.samples))
     for i, sample in enumerate(dataset.samples):
         if sample.id in done:
             tick(1)
@@ -292,7 +275,7 @@ def attribute(
     rows.sort(key=lambda r: r["index"])
     comparisons.sort(key=lambda r: r["index"])
     summary: dict[str, Any] = {
-        "model": model,
+        "model": spec,
         "data": data,
         "n": len(dataset.samples),
         "sigma": sigma,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from vrprobe.metrics.calibration import calibration_summary
 from vrprobe.metrics.heads import head_sharpness
 from vrprobe.metrics.stats import ALPHA, correlation
 from vrprobe.models import Adapter
-from vrprobe.registry import load_adapter
+from vrprobe.registry import as_adapter
 from vrprobe.runtime.batching import choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.devices import facts as device_facts
@@ -282,8 +282,14 @@ def table_row(
     return row
 
 
-def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | None = None) -> StudyResult:
-    """Run (or resume, when `run` already holds results) the whole study; see the module docstring."""
+def run_study(
+    cfg: StudyConfig,
+    run: RunDir | None = None,
+    progress: Progress | None = None,
+    loaded: Mapping[str, Adapter] | None = None,
+) -> StudyResult:
+    """Run (or resume, when `run` already holds results) the whole study; see the module docstring. A model in
+    `loaded` (spec -> adapter loaded with `cfg.load_options`) is used as it is; every other spec is loaded."""
     datasets = [load_dataset(spec, limit=cfg.limit, seed=cfg.seed) for spec in cfg.data]
     bands = {b["model"]: b for b in (run.read("bands") if run else [])}
     controls = {c["model"]: c for c in (run.read("controls") if run else [])}
@@ -293,7 +299,7 @@ def run_study(cfg: StudyConfig, run: RunDir | None = None, progress: Progress | 
     probes: dict[str, dict[str, Any]] = {}
     for spec in cfg.models:
         torch.manual_seed(cfg.seed)
-        adapter = load_adapter(spec, **asdict(cfg.load_options))
+        adapter = as_adapter((loaded or {}).get(spec, spec), cfg.load_options)
         facts[spec] = {"family": adapter.family, "params": adapter.num_params, **device_facts(adapter)}
         if spec not in bands:
             bands[spec] = find_band(adapter, spec, datasets[0], cfg, progress)

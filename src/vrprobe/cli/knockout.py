@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,7 +9,7 @@ import typer
 
 from vrprobe.analyses.knockout import EDGES
 from vrprobe.cli.app import app
-from vrprobe.cli.options import Bars, BatchSize, Data, Limit, Model, Overwrite, Seed, with_load_options
+from vrprobe.cli.options import BatchSize, Data, Limit, Model, Overwrite, Seed, call, with_load_options
 
 if TYPE_CHECKING:
     from vrprobe.runtime.devices import LoadOptions
@@ -47,24 +46,23 @@ def knockout_cmd(
 
     Example: vrprobe knockout --model zoo:llava --data easy-vqa:test --out runs/ko-llava --limit 200
     """
-    from vrprobe.analyses.knockout import knockout
+    from vrprobe import api
     from vrprobe.reporting.tables import GLUE, integration_text
     from vrprobe.reporting.terminal import echo
 
-    with Bars() as bars:
-        r = knockout(
-            model,
-            data,
-            out=out,
-            window=window,
-            edges=edges,
-            limit=limit,
-            batch_size=batch_size,
-            seed=seed,
-            **asdict(load),
-            overwrite=overwrite,
-            progress=bars,
-        )
+    r = call(
+        api.knockout,
+        load,
+        model,
+        data,
+        out=out,
+        window=window,
+        edges=edges,
+        limit=limit,
+        batch_size=batch_size,
+        seed=seed,
+        overwrite=overwrite,
+    )
     s = r.summary
     line = f"{model}: n={s['n']} accuracy {s['accuracy_clean']:.3f}; integration layers: "
     echo(line + integration_text(s["integration_layers"]))

@@ -4,6 +4,7 @@
 - `with_load_options`: adds `--device`, `--dtype`, `--device-map`, `--min-pixels`, `--max-pixels` and
   `--trust-remote-code` to a command, which receives them as one argument `load: LoadOptions`.
 - `Bars`: the rich progress display fed by `(stage, done, total)` calls; silent with `--quiet` (`STATE`).
+- `call(function, load, *args, **kwargs)`: how a command calls the API: with `options=load` and the bars.
 - `err`: the console errors go to; `done(out)` prints where the report is.
 """
 
@@ -123,6 +124,12 @@ class Bars:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
+
+
+def call(function: Callable[..., Any], load: Any, *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs, options=load, progress=...)` with the progress bars shown while it runs."""
+    with Bars() as bars:
+        return function(*args, **kwargs, options=load, progress=bars)
 
 
 def done(out: Path) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vrprobe.cli.app import app
-from vrprobe.cli.options import Bars, BatchSize, Data, Limit, Model, Overwrite, Seed, with_load_options
+from vrprobe.cli.options import BatchSize, Data, Limit, Model, Overwrite, Seed, call, with_load_options
 from vrprobe.errors import UsageError
 
 
@@ -56,23 +55,22 @@ def probe_cmd(
 
     Example: vrprobe probe --model zoo:llava --data easy-vqa:train --eval-data easy-vqa:test --out runs/probe
     """
-    from vrprobe.analyses.proxies import probe
+    from vrprobe import api
     from vrprobe.reporting.terminal import echo
 
-    with Bars() as bars:
-        r = probe(
-            model,
-            data,
-            eval_data,
-            out=out,
-            layers=parse_layers(layers),
-            limit=limit,
-            batch_size=batch_size,
-            seed=seed,
-            **asdict(load),
-            overwrite=overwrite,
-            progress=bars,
-        )
+    r = call(
+        api.probe,
+        load,
+        model,
+        data,
+        eval_data,
+        out=out,
+        layers=parse_layers(layers),
+        limit=limit,
+        batch_size=batch_size,
+        seed=seed,
+        overwrite=overwrite,
+    )
     s = r.summary
     echo(f"{model}: trained on {data} (n={s['n_train']}), best layer {s['best_layer']}")
     for spec, e in s["evaluations"].items():
@@ -109,25 +107,24 @@ def attribute_cmd(
 
     Example: vrprobe attribute --model zoo:llava --data easy-vqa:test --limit 20 --compare-trace --out runs/atp
     """
-    from vrprobe.analyses.proxies import attribute
+    from vrprobe import api
     from vrprobe.reporting.terminal import echo
 
-    with Bars() as bars:
-        r = attribute(
-            model,
-            data,
-            out=out,
-            limit=limit,
-            kinds=kinds,
-            noise_samples=noise_samples,
-            noise=noise,
-            window=window,
-            seed=seed,
-            compare_trace=compare_trace,
-            **asdict(load),
-            overwrite=overwrite,
-            progress=bars,
-        )
+    r = call(
+        api.attribute,
+        load,
+        model,
+        data,
+        out=out,
+        limit=limit,
+        kinds=kinds,
+        noise_samples=noise_samples,
+        noise=noise,
+        window=window,
+        seed=seed,
+        compare_trace=compare_trace,
+        overwrite=overwrite,
+    )
     s = r.summary
     line = f"{model}: attributed {s['n']} samples"
     if compare_trace:

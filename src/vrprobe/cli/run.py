@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,7 +9,6 @@ import typer
 
 from vrprobe.cli.app import app
 from vrprobe.cli.options import (
-    Bars,
     BatchSize,
     Data,
     Limit,
@@ -19,6 +17,7 @@ from vrprobe.cli.options import (
     Out,
     Overwrite,
     Seed,
+    call,
     done,
     with_load_options,
 )
@@ -48,20 +47,19 @@ def eval_cmd(
     """
     from vrprobe import api
 
-    with Bars() as bars:
-        r = api.eval(
-            model,
-            data,
-            out=out,
-            limit=limit,
-            batch_size=batch_size,
-            seed=seed,
-            image_ablation=image_ablation,
-            max_new_tokens=max_new_tokens,
-            **asdict(load),
-            overwrite=overwrite,
-            progress=bars,
-        )
+    r = call(
+        api.eval,
+        load,
+        model,
+        data,
+        out=out,
+        limit=limit,
+        batch_size=batch_size,
+        seed=seed,
+        image_ablation=image_ablation,
+        max_new_tokens=max_new_tokens,
+        overwrite=overwrite,
+    )
     s = r.summary
     by_type = "  ".join(f"{t} {a:.3f}" for t, a in s["accuracy_by_type"].items())
     typer.echo(f"{model}: n={s['n']} accuracy={s['accuracy']:.3f} ({by_type}) -> {out}")
@@ -91,21 +89,20 @@ def trace_cmd(
     """
     from vrprobe import api
 
-    with Bars() as bars:
-        r = api.trace(
-            model,
-            data,
-            out=out,
-            limit=limit,
-            kinds=[k.strip() for k in kinds.split(",") if k.strip()],
-            noise_samples=noise_samples,
-            noise=noise,
-            window=window,
-            seed=seed,
-            **asdict(load),
-            overwrite=overwrite,
-            progress=bars,
-        )
+    r = call(
+        api.trace,
+        load,
+        model,
+        data,
+        out=out,
+        limit=limit,
+        kinds=[k.strip() for k in kinds.split(",") if k.strip()],
+        noise_samples=noise_samples,
+        noise=noise,
+        window=window,
+        seed=seed,
+        overwrite=overwrite,
+    )
     top = sorted((c for c in r.summary["grid"] if c["kind"] == "resid"), key=lambda c: -c["effect"])[:3]
     typer.echo(
         f"{model}: traced {r.summary['n']} samples; strongest resid states: "
@@ -139,23 +136,22 @@ def corrupt_cmd(
     """
     from vrprobe import api
 
-    with Bars() as bars:
-        r = api.corrupt(
-            model,
-            data,
-            band,
-            out=out,
-            target=target,
-            noise=noise,
-            positions=positions,
-            limit=limit,
-            trace_limit=trace_limit,
-            batch_size=batch_size,
-            seed=seed,
-            **asdict(load),
-            overwrite=overwrite,
-            progress=bars,
-        )
+    r = call(
+        api.corrupt,
+        load,
+        model,
+        data,
+        band,
+        out=out,
+        target=target,
+        noise=noise,
+        positions=positions,
+        limit=limit,
+        trace_limit=trace_limit,
+        batch_size=batch_size,
+        seed=seed,
+        overwrite=overwrite,
+    )
     s = r.summary
     typer.echo(
         f"{model}: band {r.band[0]}-{r.band[1]} accuracy {s['accuracy_clean']:.3f} -> "
@@ -194,23 +190,22 @@ def study_cmd(
     """
     from vrprobe import api
 
-    with Bars() as bars:
-        r = api.study(
-            models,
-            data,
-            out=out,
-            limit=limit,
-            trace_limit=trace_limit,
-            probe_limit=probe_limit,
-            band_positions=band_positions,
-            noise=noise,
-            batch_size=batch_size,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-            **asdict(load),
-            overwrite=overwrite,
-            progress=bars,
-        )
+    r = call(
+        api.study,
+        load,
+        models,
+        data,
+        out=out,
+        limit=limit,
+        trace_limit=trace_limit,
+        probe_limit=probe_limit,
+        band_positions=band_positions,
+        noise=noise,
+        batch_size=batch_size,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        overwrite=overwrite,
+    )
     _print_table(r.table, r.summary.get("heads"))
     done(out)
 

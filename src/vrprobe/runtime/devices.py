@@ -7,12 +7,18 @@
 - `--device-map auto`: accelerate's placement of the model across the GPUs and CPU RAM, for a model larger than one
   device; inputs then go to the device of the input embeddings (`Adapter.device`).
 Every tensor vrprobe makes afterwards follows the device of the tensor it meets.
+
+`LoadOptions` holds the six loading options once (`vrprobe.eval(..., options=LoadOptions(dtype="bfloat16"))`);
+`LoadOptions.from_kwargs` also reads the six keywords the API functions took before, with a `DeprecationWarning`.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from dataclasses import dataclass
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -118,6 +124,35 @@ class LoadOptions:
         """`resolve` for its errors only; returns these options."""
         self.resolve()
         return self
+
+    @classmethod
+    def from_kwargs(cls, options: LoadOptions | None, legacy: Mapping[str, Any], caller: str) -> LoadOptions:
+        """The loading options an API function `caller` was given: `options` (None: the defaults), or the six keywords
+        of the same names it took before (`legacy`; deprecated: a `DeprecationWarning` naming `options=`). Any other
+        keyword in `legacy` is an `UnknownOption`, and both forms at once a `UsageError`. Not checked yet (`check`)."""
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in legacy if k not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f" (did you mean options=LoadOptions({close[0]}=...)?)" if close else ""
+            raise UnknownOption(f"vrprobe.{caller}() got an unexpected keyword argument '{unknown[0]}'{hint}")
+        if options is not None and not isinstance(options, cls):
+            raise UsageError(f"vrprobe.{caller}(options=...) takes a vrprobe.LoadOptions, got {type(options).__name__}")
+        if not legacy:
+            return options if options is not None else cls()
+        given = ", ".join(f"{k}={v!r}" for k, v in legacy.items())
+        if options is not None:
+            raise UsageError(f"vrprobe.{caller}() got options= and {given}: pass the loading options once, in options=")
+        warnings.warn(
+            f"vrprobe.{caller}({given}) is deprecated: pass options=LoadOptions({given})",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return cls(**legacy)
+
+
+class UnknownOption(UsageError, TypeError):
+    """A keyword an API function does not take: a `TypeError` as Python raises it, and a `UsageError` (one line)."""
 
 
 def facts(adapter: Any) -> dict[str, str]:

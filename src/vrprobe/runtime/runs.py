@@ -13,6 +13,9 @@ is created only when the first result is written, so a run that fails before tha
 deletes the old run at that moment too, never a folder vrprobe did not write. Whether the folder can be created is
 checked up front (`check_writable`), and a run folder's files that cannot be read give one `VrprobeError` naming them
 (`read_json`, `read_summary`, `read_records`).
+
+Every API function opens its folder the same way: `open_run(out, run_config(command, model, options, **fields),
+overwrite)`, None when there is no `out`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vrprobe.errors import VrprobeError
+from vrprobe.runtime.devices import LoadOptions
 
 
 def versions() -> dict[str, str]:
@@ -188,6 +193,18 @@ class RunDir:
         self._ensure()
         with self._writing(self.path / name):
             write_json(self.path / name, obj)
+
+
+def run_config(command: str, model: str, options: LoadOptions, **fields: Any) -> dict[str, Any]:
+    """What identifies a run in its manifest (the same config resumes it): the command, the model's spec, the
+    command's own fields in the order given, then the six loading options."""
+    return {"command": command, "model": model, **fields, **asdict(options)}
+
+
+def open_run(out: Path | str | None, config: dict[str, Any], overwrite: bool = False) -> RunDir | None:
+    """The run directory `out` for `config`: checked now (writable; empty, or the same config to resume, or
+    `overwrite`), created at its first write; None when there is no `out`."""
+    return RunDir(Path(out), config, overwrite=overwrite) if out is not None else None
 
 
 def read_records(out: Path, table: str = "records") -> list[dict[str, Any]]:
