@@ -46,23 +46,12 @@ def knockout_cmd(
 
     Example: vrprobe knockout --model zoo:llava --data easy-vqa:test --out runs/ko-llava --limit 200
     """
+    arguments = dict(locals())  # the command's parameters, before any local name
     from vrprobe import api
     from vrprobe.reporting.tables import GLUE, integration_text
     from vrprobe.reporting.terminal import echo
 
-    r = call(
-        api.knockout,
-        load,
-        model,
-        data,
-        out=out,
-        window=window,
-        edges=edges,
-        limit=limit,
-        batch_size=batch_size,
-        seed=seed,
-        overwrite=overwrite,
-    )
+    r = call(api.knockout, arguments)
     s = r.summary
     line = f"{model}: n={s['n']} accuracy {s['accuracy_clean']:.3f}; integration layers: "
     echo(line + integration_text(s["integration_layers"]))

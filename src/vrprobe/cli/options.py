@@ -126,10 +126,16 @@ class Bars:
         self.progress.__exit__(*exc)
 
 
-def call(function: Callable[..., Any], load: Any, *args: Any, **kwargs: Any) -> Any:
-    """`function(*args, **kwargs, options=load, progress=...)` with the progress bars shown while it runs."""
+def call(function: Callable[..., Any], arguments: dict[str, Any], **overrides: Any) -> Any:
+    """Run an API function on a command's arguments (`locals()` at the command's start: its parameters, `load` the
+    `LoadOptions`), each passed under its own name (CLI flags and API keywords share their names), then `overrides`,
+    with `options=load` and the progress bars shown while it runs."""
+    given = {k: v for k, v in arguments.items() if k != "load"} | overrides
+    unknown = sorted(set(given) - set(inspect.signature(function).parameters))
+    if unknown:  # a flag renamed on one side only: fail loudly rather than drop it
+        raise TypeError(f"{function.__name__} takes no {', '.join(unknown)}")
     with Bars() as bars:
-        return function(*args, **kwargs, options=load, progress=bars)
+        return function(**given, options=arguments["load"], progress=bars)
 
 
 def done(out: Path) -> None:

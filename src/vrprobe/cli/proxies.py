@@ -55,22 +55,11 @@ def probe_cmd(
 
     Example: vrprobe probe --model zoo:llava --data easy-vqa:train --eval-data easy-vqa:test --out runs/probe
     """
+    arguments = dict(locals())  # the command's parameters, before any local name
     from vrprobe import api
     from vrprobe.reporting.terminal import echo
 
-    r = call(
-        api.probe,
-        load,
-        model,
-        data,
-        eval_data,
-        out=out,
-        layers=parse_layers(layers),
-        limit=limit,
-        batch_size=batch_size,
-        seed=seed,
-        overwrite=overwrite,
-    )
+    r = call(api.probe, arguments, layers=parse_layers(layers))
     s = r.summary
     echo(f"{model}: trained on {data} (n={s['n_train']}), best layer {s['best_layer']}")
     for spec, e in s["evaluations"].items():
@@ -107,24 +96,11 @@ def attribute_cmd(
 
     Example: vrprobe attribute --model zoo:llava --data easy-vqa:test --limit 20 --compare-trace --out runs/atp
     """
+    arguments = dict(locals())  # the command's parameters, before any local name
     from vrprobe import api
     from vrprobe.reporting.terminal import echo
 
-    r = call(
-        api.attribute,
-        load,
-        model,
-        data,
-        out=out,
-        limit=limit,
-        kinds=kinds,
-        noise_samples=noise_samples,
-        noise=noise,
-        window=window,
-        seed=seed,
-        compare_trace=compare_trace,
-        overwrite=overwrite,
-    )
+    r = call(api.attribute, arguments)
     s = r.summary
     line = f"{model}: attributed {s['n']} samples"
     if compare_trace:

@@ -45,21 +45,10 @@ def eval_cmd(
 
     Example: vrprobe eval --model zoo:llava --data easy-vqa:test --limit 500 --out runs/llava
     """
+    arguments = dict(locals())  # the command's parameters, before any local name
     from vrprobe import api
 
-    r = call(
-        api.eval,
-        load,
-        model,
-        data,
-        out=out,
-        limit=limit,
-        batch_size=batch_size,
-        seed=seed,
-        image_ablation=image_ablation,
-        max_new_tokens=max_new_tokens,
-        overwrite=overwrite,
-    )
+    r = call(api.eval, arguments)
     s = r.summary
     by_type = "  ".join(f"{t} {a:.3f}" for t, a in s["accuracy_by_type"].items())
     typer.echo(f"{model}: n={s['n']} accuracy={s['accuracy']:.3f} ({by_type}) -> {out}")
@@ -87,22 +76,10 @@ def trace_cmd(
     Effect of (kind, layer, group) = p(target | one clean state restored) − p(target | corrupted), mean over draws.
     Example: vrprobe trace --model zoo:llava --data easy-vqa:test --limit 50 --out runs/trace-llava
     """
+    arguments = dict(locals())  # the command's parameters, before any local name
     from vrprobe import api
 
-    r = call(
-        api.trace,
-        load,
-        model,
-        data,
-        out=out,
-        limit=limit,
-        kinds=[k.strip() for k in kinds.split(",") if k.strip()],
-        noise_samples=noise_samples,
-        noise=noise,
-        window=window,
-        seed=seed,
-        overwrite=overwrite,
-    )
+    r = call(api.trace, arguments, kinds=[k.strip() for k in kinds.split(",") if k.strip()])
     top = sorted((c for c in r.summary["grid"] if c["kind"] == "resid"), key=lambda c: -c["effect"])[:3]
     typer.echo(
         f"{model}: traced {r.summary['n']} samples; strongest resid states: "
@@ -134,24 +111,10 @@ def corrupt_cmd(
 
     Example: vrprobe corrupt --model zoo:llava --data easy-vqa:test --limit 500 --band auto --out runs/band-llava
     """
+    arguments = dict(locals())  # the command's parameters, before any local name
     from vrprobe import api
 
-    r = call(
-        api.corrupt,
-        load,
-        model,
-        data,
-        band,
-        out=out,
-        target=target,
-        noise=noise,
-        positions=positions,
-        limit=limit,
-        trace_limit=trace_limit,
-        batch_size=batch_size,
-        seed=seed,
-        overwrite=overwrite,
-    )
+    r = call(api.corrupt, arguments)
     s = r.summary
     typer.echo(
         f"{model}: band {r.band[0]}-{r.band[1]} accuracy {s['accuracy_clean']:.3f} -> "
@@ -188,24 +151,10 @@ def study_cmd(
     Example: vrprobe study --models zoo:llava,zoo:qwen2vl --data "easy-vqa:test,easy-vqa:test?noise=0.3"
     --limit 500 --out runs/study
     """
+    arguments = dict(locals())  # the command's parameters, before any local name
     from vrprobe import api
 
-    r = call(
-        api.study,
-        load,
-        models,
-        data,
-        out=out,
-        limit=limit,
-        trace_limit=trace_limit,
-        probe_limit=probe_limit,
-        band_positions=band_positions,
-        noise=noise,
-        batch_size=batch_size,
-        seed=seed,
-        max_new_tokens=max_new_tokens,
-        overwrite=overwrite,
-    )
+    r = call(api.study, arguments)
     _print_table(r.table, r.summary.get("heads"))
     done(out)
 
