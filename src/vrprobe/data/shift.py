@@ -11,6 +11,7 @@ The random draws for a sample depend only on (seed, sample id), so a shifted spl
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -59,7 +60,7 @@ def apply_shifts(image: Image.Image, shifts: dict[str, float], rng: np.random.Ge
 def shift_images(samples: list[Sample], shifts: dict[str, float], seed: int = 0) -> list[Sample]:
     """Samples whose images are shifted on load, with a generator seeded by (seed, crc32(sample id))."""
 
-    def loader(s: Sample):
+    def loader(s: Sample) -> Callable[[], Image.Image]:
         def load() -> Image.Image:
             rng = np.random.default_rng([seed, zlib.crc32(s.id.encode())])
             return apply_shifts(s.load_image(), shifts, rng)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def ablate_images(samples: list[Sample], kind: str) -> list[Sample]:
     if kind not in IMAGE_ABLATIONS:
         raise UsageError(f"unknown image ablation '{kind}' (known: {', '.join(IMAGE_ABLATIONS)})")
 
-    def blank(s: Sample):
+    def blank(s: Sample) -> Callable[[], Image.Image]:
         return lambda: blank_like(s.load_image())
 
     return [replace(s, image_fn=blank(s), meta={**s.meta, "image_ablation": kind}) for s in samples]

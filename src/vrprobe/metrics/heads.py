@@ -45,10 +45,10 @@ def head_sharpness(records: Sequence[dict[str, Any]], alpha: float = 0.05) -> di
     sharp = -entropy / np.log(np.maximum(n_image, 2))[:, None, None]  # [N, L, H]
     correct = np.array([float(r["correct"]) for r in recs])
     over = np.clip(np.array([float(r["confidence"]) for r in recs]) - correct, 0, None)
-    cells = []
+    cells: list[dict[str, Any]] = []
     n_layers, n_heads = sharp.shape[1:]
     for layer in range(n_layers):
-        columns = [(h, sharp[:, layer, h]) for h in range(n_heads)]
+        columns: list[tuple[int | str, np.ndarray]] = [(h, sharp[:, layer, h]) for h in range(n_heads)]
         columns.append(("mean", -entropy[:, layer].mean(1) / np.log(np.maximum(n_image, 2))))
         for head, x in columns:
             rc, pc = _pearson(x, correct)

@@ -37,7 +37,8 @@ from vrprobe.models.batch import (  # noqa: F401  (re-exported: the names every 
 class Adapter:
     """A loaded model + processor of one family, behind the interface every vrprobe module uses."""
 
-    family: ClassVar[str] = ""
+    #: the family's name; `GenericAdapter` sets each instance's from the config's `model_type`
+    family: str = ""
     model_types: ClassVar[tuple[str, ...]] = ()
     #: text that immediately precedes the answer in the prompt, and the separator before the answer
     answer_anchor: ClassVar[str] = ""
@@ -89,7 +90,8 @@ class Adapter:
             **({"device_map": device_map} if device_map else {}),
         )
         if not device_map:
-            model.to(device or torch.device("cpu"))
+            # transformers wraps `to` in `functools.wraps(nn.Module.to)`, whose stub type leaves `self` unbound
+            model.to(device or torch.device("cpu"))  # type: ignore[arg-type]
         model.eval()
         processor = cls.load_processor(path, trust_remote_code=trust_remote_code)
         return cls(model, processor, name=name or str(path))

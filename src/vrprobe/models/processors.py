@@ -15,11 +15,14 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers.utils import is_torchvision_available
 
 from vrprobe.errors import VrprobeError
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
 
 VIDEO_SLOT = "video_processor"
 
@@ -50,7 +53,10 @@ def load_processor(path: Path, *, trust_remote_code: bool = False) -> Any:
             # e.g. a folder with no video processor config: images only still work
     assert cls is not None  # has_video_slot
     try:
-        return image_only(cls).from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        # mypy does not see a class object (`type[...]`) as Hashable, as `functools.cache` asks (python/mypy#11470)
+        return image_only(cls).from_pretrained(  # type: ignore[arg-type]
+            str(path), trust_remote_code=trust_remote_code
+        )
     except Exception as exc:
         need = (
             "" if is_torchvision_available() else "; its video processor needs torchvision (`pip install torchvision`)"
@@ -58,9 +64,10 @@ def load_processor(path: Path, *, trust_remote_code: bool = False) -> Any:
         raise VrprobeError(f"cannot load the processor of {path} (a {cls.__name__}){need}: {_first_line(exc)}") from exc
 
 
-def processor_class(path: Path) -> type | None:
+def processor_class(path: Path) -> type[ProcessorMixin] | None:
     """The processor class the checkpoint names (processor_config.json, else tokenizer_config.json), else the one
     transformers maps its `model_type` to; None when neither names a class transformers has (e.g. remote code)."""
+    from transformers import ProcessorMixin
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES, processor_class_from_name
 
     path = Path(path)
@@ -72,14 +79,15 @@ def processor_class(path: Path) -> type | None:
         return None
     try:
         cls = processor_class_from_name(name)
-        usable = isinstance(cls, type) and hasattr(cls, "get_attributes")
+        # `hasattr` first: a placeholder class (its backend missing) raises ImportError on any attribute
+        usable = isinstance(cls, type) and hasattr(cls, "get_attributes") and issubclass(cls, ProcessorMixin)
     except ImportError:  # the lazy name is a placeholder that refuses without torchvision
         cls = without_torchvision(name)
         usable = cls is not None
     return cls if usable else None
 
 
-def without_torchvision(name: str) -> type | None:
+def without_torchvision(name: str) -> type[ProcessorMixin] | None:
     """Processor class `name` imported on a machine without torchvision, where its module imports a helper from the
     family's torchvision image-processing module (`processing_pixtral` takes `get_resize_output_image_size` from
     `image_processing_pixtral`): the family's PIL image-processing module, which defines the same helpers, stands in
@@ -107,7 +115,7 @@ def without_torchvision(name: str) -> type | None:
 
 
 @functools.cache
-def image_only(cls: type) -> type:
+def image_only(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
     """`cls` without its video slot: same name, same code, `get_attributes()` without `video_processor`.
 
     The stock `__init__` still receives `video_processor=None` and passes it on positionally; `ProcessorMixin`
@@ -115,13 +123,17 @@ def image_only(cls: type) -> type:
     `processor_class` stays the stock name, so a folder saved from it reads as an ordinary checkpoint.
     """
 
-    def get_attributes(klass: type) -> list[str]:
+    def get_attributes(klass: type[ProcessorMixin]) -> list[str]:
         return [a for a in cls.get_attributes() if a != VIDEO_SLOT]
 
-    def from_args_and_dict(klass: type, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+    def from_args_and_dict(
+        klass: type[ProcessorMixin], args: Any, processor_dict: dict[str, Any], **kwargs: Any
+    ) -> Any:
         processor_dict = {k: v for k, v in processor_dict.items() if k != VIDEO_SLOT}
         kwargs.pop(VIDEO_SLOT, None)
-        return super(sub, klass).from_args_and_dict(args, processor_dict, **kwargs)
+        # `cls`'s own method (`sub`'s base); mypy resolves `super(sub, ...)` from the bases of `sub`'s declared type,
+        # ProcessorMixin, as a class made by `type()` has no static bases
+        return super(sub, klass).from_args_and_dict(args, processor_dict, **kwargs)  # type: ignore[misc]
 
     namespace = {
         "__module__": cls.__module__,
@@ -129,7 +141,7 @@ def image_only(cls: type) -> type:
         "get_attributes": classmethod(get_attributes),
         "from_args_and_dict": classmethod(from_args_and_dict),
     }
-    sub = type(cls.__name__, (cls,), namespace)
+    sub: type[ProcessorMixin] = type(cls.__name__, (cls,), namespace)
     sub.__qualname__ = cls.__qualname__
     return sub
 

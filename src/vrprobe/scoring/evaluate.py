@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -89,11 +90,11 @@ def score_batch(
             generated = adapter.generate(batch, max_new_tokens)
     if all(closed):
 
-        def context(groups: TokenGroups):
+        def context(groups: TokenGroups) -> AbstractContextManager[Any]:
             return intervene(adapter, groups, edits=edits, seed=seed)
 
         loglik = adapter.score_candidates(
-            batch, [s.choices for s in samples], last_logits=last_logits, context=context if edits else None
+            batch, [s.choices or () for s in samples], last_logits=last_logits, context=context if edits else None
         )
         padded = torch.nn.utils.rnn.pad_sequence([ll.detach().cpu() for ll in loglik], batch_first=True)
         finite_logits(padded, ids, model=adapter.name, what="answer log-likelihoods")
@@ -130,6 +131,8 @@ def _base(s: Sample) -> dict[str, Any]:
 def closed_record(s: Sample, loglik: torch.Tensor) -> dict[str, Any]:
     """Prediction = argmax candidate; confidence = its softmax probability over the candidates; margin = top-1 −
     top-2 log-probability over the candidates (nats; NaN for a single candidate)."""
+    if not s.choices:
+        raise VrprobeError(f"sample {s.id} has no candidate answers to score")
     probs = torch.softmax(loglik.double(), dim=0)
     k = int(torch.argmax(probs))
     correct = is_correct(s.choices[k], s.answers)

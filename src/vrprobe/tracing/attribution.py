@@ -30,7 +30,9 @@ Gradients are taken in the model's dtype and p in float32, as in the engine.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -149,7 +151,8 @@ class Attributor:
         if self.linear:
             t0 = time.perf_counter()
             per_layer = linear_attention_sums(a, batch, clean_attn, corrupted_attn, grad, masks, n)
-            linear = torch.stack([sum(per_layer[w] for w in window_layers(i, cfg.window, L)) for i in range(L)])
+            windows = [[per_layer[w] for w in window_layers(i, cfg.window, L)] for i in range(L)]
+            linear = torch.stack([functools.reduce(operator.add, window) for window in windows])
             seconds_linear = time.perf_counter() - t0
         return SampleAttribution(
             sample_id=sample.id,

@@ -37,9 +37,9 @@ CACHE_KWARGS = ("cache", "past_key_values")
 
 
 def forward_signature(module: torch.nn.Module) -> inspect.Signature:
-    """The signature of `module`'s own forward: its class's `forward` bound to it (`self` dropped), read once per class
-    and through transformers' `functools.wraps` decorators on that function. The one rule by which replay reads what
-    a module takes.
+    """The signature of `module`'s own forward: its class's `forward` bound to it (`self` dropped), read once per
+    function and through transformers' `functools.wraps` decorators on that function. The one rule by which replay
+    reads what a module takes.
 
     Never read from `module.forward`: another library may have put a wrapper into the instance's `forward`, and what
     a wrapper reports is not what the module takes: `(*args, **kwargs)` for a plain `def wrapper(*args, **kwargs)`,
@@ -47,12 +47,13 @@ def forward_signature(module: torch.nn.Module) -> inspect.Signature:
     (nnsight 0.8's `Controller`), which binds the hidden states to `self`. Modules are still called as `module(...)`,
     never through `forward` or the class's function, so that hooks and instance wrappers run as in the model's own
     forward (accelerate's offload hook loads the module's weights there)."""
-    return _class_signature(type(module))
+    return _forward_signature(type(module).forward)
 
 
 @functools.cache
-def _class_signature(cls: type) -> inspect.Signature:
-    sig = inspect.signature(cls.forward)
+def _forward_signature(forward: Callable[..., Any]) -> inspect.Signature:
+    """The signature of a class's `forward` function, `self` dropped (once per function)."""
+    sig = inspect.signature(forward)
     params = list(sig.parameters.values())
     if params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
         params = params[1:]  # `self`, bound to the module (a `*args` first takes it and stays, as in a bound method)
@@ -252,8 +253,9 @@ def run_layers(
                 kwargs = with_cache(adapter.decoder_layers[i], kwargs, cache)
             if first:
                 kwargs = {**kwargs, **_slice_queries(kwargs, first)}
-            if prefix is not None and prefix[i] is not None:
-                kwargs = {**kwargs, PREFIX_KWARG: KVPrefix(*prefix[i])}
+            layer_prefix = prefix[i] if prefix is not None else None
+            if layer_prefix is not None:
+                kwargs = {**kwargs, PREFIX_KWARG: KVPrefix(*layer_prefix)}
             # called as a module (hooks and instance wrappers run, as in the model's forward), arguments by name
             hidden = first_output(adapter.decoder_layers[i](hidden, *args, **kwargs))
             if enter is not None:

@@ -172,7 +172,14 @@ class KnownRuns:
     corrupted_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [N, H, T, D]
 
     @classmethod
-    def replay(cls, adapter: Adapter, calls, clean_states, clean_embed: torch.Tensor, corrupted_embed: torch.Tensor):
+    def replay(
+        cls,
+        adapter: Adapter,
+        calls: list[tuple[tuple, dict]],
+        clean_states: dict[tuple[str, int], torch.Tensor],
+        clean_embed: torch.Tensor,
+        corrupted_embed: torch.Tensor,
+    ) -> KnownRuns:
         """Run the decoder layers once on the clean (row 0) and corrupted (rows 1..N) input embeddings."""
         cache = kv_cache()
         _, out = run_layers(adapter, torch.cat([clean_embed, corrupted_embed]), 0, calls, keep=True, cache=cache)

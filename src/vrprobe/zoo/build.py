@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
@@ -39,7 +39,18 @@ from vrprobe.models.paligemma import PaliGemmaAdapter
 from vrprobe.models.qwen2vl import Qwen2VLAdapter, Qwen2VLImageOnlyProcessor
 
 IMAGE_SIZE = 64
-TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4)
+
+
+class TextShape(TypedDict):
+    """The text model's shape, shared by the three families (keyword arguments of their text configs)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+
+
+TEXT = TextShape(hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4)
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
 FAMILY_SPECIAL = {
     "llava": ["<image>"],
@@ -53,17 +64,19 @@ ADAPTER_CLASSES: dict[str, type[Adapter]] = {
 }
 
 
+def _template(cls: type[Adapter]) -> str:
+    """The family's prompt around an empty question. These families' `prompt` reads class attributes only, so an
+    instance made without `__init__` (no model, no processor) serves."""
+    return object.__new__(cls).prompt("")
+
+
 def corpus() -> list[str]:
     """Texts whose words make the vocabulary: easy-VQA questions and answers, and the prompt templates."""
     import easy_vqa
 
     texts = list(easy_vqa.get_train_questions()[0]) + list(easy_vqa.get_test_questions()[0])
     texts += list(easy_vqa.get_answers())
-    texts += [
-        LlavaAdapter.prompt(None, ""),
-        PaliGemmaAdapter.prompt(None, ""),
-        Qwen2VLAdapter.prompt(Qwen2VLAdapter, ""),
-    ]
+    texts += [_template(LlavaAdapter), _template(PaliGemmaAdapter), _template(Qwen2VLAdapter)]
     return texts
 
 
@@ -74,8 +87,8 @@ def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
     pre = pre_tokenizers.Whitespace()
     words: set[str] = set()
     for text in corpus():
-        for tok in specials:
-            text = text.replace(tok, " ")
+        for special in specials:
+            text = text.replace(special, " ")
         words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
     vocab = {t: i for i, t in enumerate(specials + sorted(words))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -89,30 +102,39 @@ def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
     return tok
 
 
+def paligemma_processor(
+    image_processor: SiglipImageProcessorPil, tokenizer: Any, image_seq_length: int
+) -> PaliGemmaProcessor:
+    """PaliGemma's processor, which reads `image_seq_length` (image tokens per image) off its image processor."""
+    # Real checkpoints carry it in preprocessor_config.json; no image-processor class declares it (transformers
+    # itself checks with `hasattr`), so the stubs know no such attribute.
+    image_processor.image_seq_length = image_seq_length  # type: ignore[attr-defined]
+    return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
 def build_processor(family: str) -> Any:
     tok = build_tokenizer(family)
     side = IMAGE_SIZE
     if family == "llava":
-        ip = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        clip = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
         return LlavaProcessor(
-            image_processor=ip,
+            image_processor=clip,
             tokenizer=tok,
             patch_size=16,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
         )
     if family == "paligemma":
-        ip = SiglipImageProcessorPil(size={"height": side, "width": side})
-        ip.image_seq_length = (side // 16) ** 2
-        return PaliGemmaProcessor(image_processor=ip, tokenizer=tok)
+        siglip = SiglipImageProcessorPil(size={"height": side, "width": side})
+        return paligemma_processor(siglip, tok, (side // 16) ** 2)
     if family == "qwen2vl":
-        ip = Qwen2VLImageProcessorPil(
+        qwen = Qwen2VLImageProcessorPil(
             patch_size=8,
             merge_size=2,
             temporal_patch_size=2,
             size={"shortest_edge": side * side, "longest_edge": side * side},
         )
-        return Qwen2VLImageOnlyProcessor(image_processor=ip, tokenizer=tok)
+        return Qwen2VLImageOnlyProcessor(image_processor=qwen, tokenizer=tok)
     raise ValueError(f"unknown zoo family '{family}'")
 
 
@@ -122,7 +144,7 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(seed)
     if family == "llava":
-        vc = CLIPVisionConfig(
+        clip = CLIPVisionConfig(
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -130,17 +152,17 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
             image_size=IMAGE_SIZE,
             patch_size=16,
         )
-        tc = LlamaConfig(vocab_size=len(tok), num_key_value_heads=4, max_position_embeddings=512, **TEXT, **ids)
-        cfg = LlavaConfig(
-            vision_config=vc,
-            text_config=tc,
-            image_token_id=tok.convert_tokens_to_ids("<image>"),
+        llama = LlamaConfig(vocab_size=len(tok), num_key_value_heads=4, max_position_embeddings=512, **TEXT, **ids)
+        llava = LlavaConfig(
+            vision_config=clip,
+            text_config=llama,
+            image_token_index=tok.convert_tokens_to_ids("<image>"),  # the field `image_token_id` names
             vision_feature_layer=-2,
             vision_feature_select_strategy="default",
         )
-        return LlavaForConditionalGeneration(cfg)
+        return LlavaForConditionalGeneration(llava)
     if family == "paligemma":
-        vc = SiglipVisionConfig(
+        siglip = SiglipVisionConfig(
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -148,18 +170,18 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
             image_size=IMAGE_SIZE,
             patch_size=16,
         )
-        tc = GemmaConfig(
+        gemma = GemmaConfig(
             vocab_size=len(tok), num_key_value_heads=1, head_dim=32, max_position_embeddings=512, **TEXT, **ids
         )
-        cfg = PaliGemmaConfig(
-            vision_config=vc,
-            text_config=tc,
-            image_token_id=tok.convert_tokens_to_ids("<image>"),
+        paligemma = PaliGemmaConfig(
+            vision_config=siglip,
+            text_config=gemma,
+            image_token_index=tok.convert_tokens_to_ids("<image>"),  # the field `image_token_id` names
             projection_dim=TEXT["hidden_size"],
         )
-        return PaliGemmaForConditionalGeneration(cfg)
+        return PaliGemmaForConditionalGeneration(paligemma)
     if family == "qwen2vl":
-        vc = dict(
+        vision = dict(
             depth=2,
             embed_dim=64,
             hidden_size=TEXT["hidden_size"],
@@ -170,7 +192,7 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
             temporal_patch_size=2,
             in_channels=3,
         )
-        tc = dict(
+        text = dict(
             vocab_size=len(tok),
             num_key_value_heads=2,
             max_position_embeddings=512,
@@ -178,15 +200,15 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
             **TEXT,
             **ids,
         )
-        cfg = Qwen2VLConfig(
-            vision_config=vc,
-            text_config=tc,
+        qwen2vl = Qwen2VLConfig(
+            vision_config=vision,
+            text_config=text,
             image_token_id=processor.image_token_id,
             vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
             vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
             **ids,
         )
-        return Qwen2VLForConditionalGeneration(cfg)
+        return Qwen2VLForConditionalGeneration(qwen2vl)
     raise ValueError(f"unknown zoo family '{family}'")
 
 

@@ -72,11 +72,11 @@ def processor(family: str, replicas: Path | None) -> Any:
         AutoProcessor,
         AutoTokenizer,
         GemmaTokenizer,
-        PaliGemmaProcessor,
         SiglipImageProcessorPil,
     )
 
     from vrprobe.models.qwen2vl import Qwen2VLImageOnlyProcessor
+    from vrprobe.zoo.build import paligemma_processor
 
     src = replicas / FOLDERS[family]
     if family == "llava":
@@ -91,49 +91,41 @@ def processor(family: str, replicas: Path | None) -> Any:
         tokenizer.add_tokens(LOC_SEG)
         tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<image>", special=True)]})
         vision = AutoConfig.from_pretrained(str(src)).vision_config
-        image_processor = SiglipImageProcessorPil(
+        siglip = SiglipImageProcessorPil(
             size={"height": vision.image_size, "width": vision.image_size},
             resample=3,  # bicubic
             rescale_factor=1 / 255,
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
         )
-        image_processor.image_seq_length = vision.num_image_tokens
-        return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        return paligemma_processor(siglip, tokenizer, vision.num_image_tokens)
     raise ValueError(f"unknown family '{family}'")
 
 
 def _zoo_processor(family: str) -> Any:
-    from transformers import (
-        CLIPImageProcessorPil,
-        LlavaProcessor,
-        PaliGemmaProcessor,
-        Qwen2VLImageProcessorPil,
-        SiglipImageProcessorPil,
-    )
+    from transformers import CLIPImageProcessorPil, LlavaProcessor, Qwen2VLImageProcessorPil, SiglipImageProcessorPil
 
     from vrprobe.models.qwen2vl import Qwen2VLImageOnlyProcessor
-    from vrprobe.zoo.build import build_tokenizer
+    from vrprobe.zoo.build import build_tokenizer, paligemma_processor
 
     tok = build_tokenizer(family)
     if family == "llava":
-        ip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+        clip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
         return LlavaProcessor(
-            image_processor=ip,
+            image_processor=clip,
             tokenizer=tok,
             patch_size=14,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
         )
     if family == "paligemma":
-        ip = SiglipImageProcessorPil(size={"height": 224, "width": 224})
-        ip.image_seq_length = 256
-        return PaliGemmaProcessor(image_processor=ip, tokenizer=tok)
+        siglip = SiglipImageProcessorPil(size={"height": 224, "width": 224})
+        return paligemma_processor(siglip, tok, 256)
     if family == "qwen2vl":
-        ip = Qwen2VLImageProcessorPil(
+        qwen = Qwen2VLImageProcessorPil(
             patch_size=14, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 3136, "longest_edge": 12845056}
         )
-        return Qwen2VLImageOnlyProcessor(image_processor=ip, tokenizer=tok)
+        return Qwen2VLImageOnlyProcessor(image_processor=qwen, tokenizer=tok)
     raise ValueError(f"unknown family '{family}'")
 
 

@@ -75,15 +75,13 @@ class TrainData:
         samples = load_easy_vqa("train")
         image_ids = sorted({s.meta["image_id"] for s in samples})
         self.image_index = {iid: i for i, iid in enumerate(image_ids)}
-        paths = {s.meta["image_id"]: s.image_path for s in samples}
-        from vrprobe.data.sample import load_rgb
-
+        by_image = {s.meta["image_id"]: s for s in samples}
         probe_q = samples[0].question
         self.images: list[dict[str, torch.Tensor]] = []
         for iid in image_ids:
-            enc = adapter.encode_one(load_rgb(paths[iid]), probe_q)
+            enc = adapter.encode_one(by_image[iid].load_image(), probe_q)
             self.images.append({k: v for k, v in enc.inputs.items() if k not in TEXT_KEYS})
-        first_image = load_rgb(paths[image_ids[0]])
+        first_image = by_image[image_ids[0]].load_image()
         wordings = sorted({s.question for s in samples})
         self.texts: dict[str, Encoded] = {}
         for q in wordings:
@@ -139,11 +137,11 @@ def train_stage1(adapter: Adapter, data: TrainData, cfg: TrainConfig, progress: 
 
 def train_stage2(adapter: Adapter, data: TrainData, cfg: TrainConfig, progress: Progress | None) -> float:
     vision = {id(p) for p in vision_parameters(adapter)}
+    base_lrs = [cfg.lr, cfg.lr * cfg.vision_lr_scale]  # the text model's, the image pathway's
     groups = [
-        {"params": [p for p in adapter.model.parameters() if id(p) not in vision], "lr": cfg.lr},
-        {"params": [p for p in adapter.model.parameters() if id(p) in vision], "lr": cfg.lr * cfg.vision_lr_scale},
+        {"params": [p for p in adapter.model.parameters() if id(p) not in vision], "lr": base_lrs[0]},
+        {"params": [p for p in adapter.model.parameters() if id(p) in vision], "lr": base_lrs[1]},
     ]
-    base_lrs = [g["lr"] for g in groups]
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     loss_val = float("nan")
