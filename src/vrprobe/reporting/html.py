@@ -1,36 +1,40 @@
 """`build_report(run_dir)`: report.html from manifest.json, summary.json and the records/traces tables.
 
-Python only prepares the page's data (formatted strings, base64 PNGs: `Plot`, `Cell`, `Column`, `ModelSection`);
-`templates/report.html.j2` lays it out, rendered by jinja2 with autoescape on, so every text from datasets, models
-and the manifest is escaped by construction. A study opens with its verdict and the overview forest plot; single
-commands (eval, trace, corrupt) get their summary row and their figures.
+Python only prepares the page's data (formatted strings, base64 PNGs); `templates/report.html.j2` lays it out,
+rendered by jinja2 with autoescape on, so every text from datasets, models and the manifest is escaped by construction.
+This module holds the page and its tables (`Cell`): a study opens with its verdict and the overview forest plots, then
+the study table; single commands (eval, trace, corrupt) get their summary row. The figures and the per-model sections
+(`Plot`, `Column`, `ModelSection`) are `vrprobe.reporting.sections`.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from vrprobe.errors import VrprobeError
-from vrprobe.metrics.calibration import reliability_diagram
-from vrprobe.metrics.selective import SIGNALS as SIGNAL_COLUMNS
 from vrprobe.metrics.stats import ALPHA
-from vrprobe.reporting import flow, plots
-from vrprobe.reporting.tables import p_value, params, r_interval, sig3
+from vrprobe.reporting import flow
+from vrprobe.reporting.sections import (
+    SIGNALS,
+    Column,
+    ModelSection,
+    auroc_overview,
+    figures,
+    is_shifted,
+    model_sections,
+    overview,
+    significant,
+    trace_plot,
+)
+from vrprobe.reporting.tables import cell_value, p_value, params, r_interval, sig3
 from vrprobe.runtime.runs import atomic_write, read_records
 
-#: the study's three correlations: summary key, heading, the question each answers
-SIGNALS = (
-    ("r_sharpness_accuracy", "r(sharp, correct)", "does sharper attention go with correct answers?"),
-    ("r_sharpness_overconfidence", "r(sharp, overconfidence)", "does sharper attention go with overconfidence?"),
-    ("r_confidence_accuracy", "r(confidence, correct)", "baseline: does confidence go with correct answers?"),
-)
 #: the study table's columns after model, params and data: key, header, tooltip
 COLUMNS = (
     ("n", "n", "samples"),
@@ -56,20 +60,6 @@ VERDICT_HEADER = (
 
 
 @dataclass
-class Plot:
-    """One embedded figure: `name` goes to data-plot and alt, `png` is base64; its pixel size is read from the PNG."""
-
-    name: str
-    png: str
-    width: int = field(init=False)
-    height: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        head = base64.b64decode(self.png[:32])  # signature and IHDR: width, height at bytes 16–24
-        self.width, self.height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-
-
-@dataclass
 class Cell:
     """One table cell: its text, an optional second line, a CSS class and a rowspan (0: covered by the row above)."""
 
@@ -80,65 +70,15 @@ class Cell:
     title: str = ""
 
 
-@dataclass
-class Column:
-    """One dataset of a model: its label, 'clean' or 'shifted', key numbers and figures."""
-
-    data: str
-    tag: str
-    stats: list[tuple[str, str]]
-    plots: list[Plot] = field(default_factory=list)
-
-
-@dataclass
-class ModelSection:
-    """One model: heading facts and one column per dataset (side by side)."""
-
-    model: str
-    facts: str
-    columns: list[Column]
-
-
-def _shifted(spec: str) -> bool:
-    """A dataset spec with a `?query` applies image shifts (`noise=`, `occlude=`): the shifted split."""
-    return "?" in spec
-
-
-def _short_data(spec: str, specs: Sequence[str]) -> str:
-    """The label in the overview: 'clean' / the shift query when every dataset shares one base, else the spec."""
-    bases = {s.partition("?")[0] for s in specs}
-    if len(bases) == 1:
-        return spec.partition("?")[2] or "clean"
-    return spec
-
-
-def _cell_value(v: Any) -> str:
-    """Any summary value for a table: numbers in three significant digits, bands as 'a–b', lists joined."""
-    if isinstance(v, (int, float)) or v is None:
-        return sig3(v)
-    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v):
-        return f"{v[0]}–{v[1]}"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    return str(v)
-
-
 def _signed(x: float) -> str:
     """'+0.151' / '−0.0312': an explicit sign (a true minus) and three significant digits."""
     return ("+" if x >= 0 else "−") + sig3(abs(x))
 
 
-def _counts(cell: dict[str, Any]) -> bool:
-    """The verdict's rule: the interval excludes 0 and the permutation p is below ALPHA."""
-    lo, hi = cell.get("ci") or (None, None)
-    p = cell.get("p")
-    return lo is not None and hi is not None and p is not None and p < ALPHA and (lo > 0 or hi < 0)
-
-
 def _r_cell(cell: dict[str, Any]) -> Cell:
     if cell.get("r") is None:
         return Cell("n/a", cls="r")
-    sign = ("pos" if cell["r"] > 0 else "neg") if _counts(cell) else ""
+    sign = ("pos" if cell["r"] > 0 else "neg") if significant(cell) else ""
     return Cell(r_interval(cell), f"p = {p_value(cell.get('p'))}", f"r {sign}".strip())
 
 
@@ -178,7 +118,7 @@ def _study_rows(table: Sequence[dict[str, Any]]) -> list[list[Cell]]:
                 clean, bad = sig3(row.get("sharpness_clean")), sig3(row.get("sharpness_corrupted"))
                 cells.append(Cell(f"{clean} → {bad}", cls="nowrap"))
             else:
-                cells.append(Cell(_cell_value(row.get(key))))
+                cells.append(Cell(cell_value(row.get(key))))
         out.append(cells)
     return out
 
@@ -238,112 +178,6 @@ def _verdict(table: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, str]], li
     return headline, rows
 
 
-def _overview(table: Sequence[dict[str, Any]]) -> Plot:
-    specs = list(dict.fromkeys(r["data"] for r in table))
-    cells = []
-    for row in table:
-        cell: dict[str, Any] = {"model": row["model"], "data": _short_data(row["data"], specs)}
-        cell["color"] = specs.index(row["data"])
-        for key, _, _ in SIGNALS:
-            c = row[key]
-            lo, hi = c.get("ci") or (None, None)
-            cell[key] = {"r": c.get("r"), "lo": lo, "hi": hi, "counts": _counts(c)}
-        cells.append(cell)
-    png = plots.forest(cells, SIGNALS, "", alpha=ALPHA)
-    return Plot("overview forest plot: r(sharp, correct), r(sharp, overconfidence), r(confidence, correct)", png)
-
-
-def _auroc_overview(table: Sequence[dict[str, Any]]) -> Plot | None:
-    specs = list(dict.fromkeys(r["data"] for r in table))
-    cells = [
-        {"label": f"{row['model']}  ·  {_short_data(row['data'], specs)}", "signals": row["selective"]}
-        for row in table
-        if row.get("selective")
-    ]
-    if not cells:
-        return None
-    return Plot("reliability signals: held-out AUROC", plots.auroc_forest(cells))
-
-
-def _risk_coverage(title: str, records: Sequence[dict[str, Any]]) -> Plot | None:
-    """Risk–coverage curves of every signal on the held-out records (those the probe was not trained on)."""
-    from vrprobe.metrics.selective import risk_coverage
-
-    held = [r for r in records if not r.get("probe_train")]
-    if not held or "reliability" not in held[0]:
-        return None
-    correct = [float(r["correct"]) for r in held]
-    curves = {}
-    for name, column in SIGNAL_COLUMNS.items():
-        values = [r.get(column) for r in held]
-        if all(v is not None and v == v for v in values):
-            curves[name] = risk_coverage([-v if name == "sharpness" else v for v in values], correct)
-    return Plot(f"risk-coverage {title}", plots.risk_coverage(curves, "risk–coverage (held out)"))
-
-
-def _figures(title: str, records: Sequence[dict[str, Any]], row: dict[str, Any] | None) -> list[Plot]:
-    """Reliability diagram and sharpness scatter from the records, band corruption bars from the summary row."""
-    out = []
-    if records and "confidence" in records[0]:
-        conf = [r["confidence"] for r in records]
-        correct = [float(r["correct"]) for r in records]
-        diagram = reliability_diagram(conf, correct).to_dict()
-        out.append(Plot(f"reliability {title}", plots.reliability(diagram, "reliability diagram")))
-        if "sharpness_norm" in records[0]:
-            out.append(Plot(f"scatter {title}", plots.scatter(records, "sharpness vs confidence")))
-    curves = _risk_coverage(title, records)
-    if curves:
-        out.append(curves)
-    if row and "drop_abs" in row:
-        acc = row.get("accuracy", row.get("accuracy_clean"))
-        png = plots.band(
-            acc,
-            acc - row["drop_abs"],
-            row["sharpness_clean"],
-            row["sharpness_corrupted"],
-            f"band {_cell_value(row['band'])} corrupted",
-        )
-        out.append(Plot(f"band {title}", png))
-    return out
-
-
-def _trace(title: str, grid: Sequence[dict[str, Any]] | None) -> Plot | None:
-    if not grid:
-        return None
-    return Plot(f"trace {title}", plots.heatmaps(grid, "causal trace (mean indirect effect)"))
-
-
-def _model_sections(summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> list[ModelSection]:
-    table = summary["table"]
-    out = []
-    for model in dict.fromkeys(r["model"] for r in table):
-        rows = [r for r in table if r["model"] == model]
-        columns = []
-        for row in rows:
-            recs = [r for r in records if r["model"] == model and r["data"] == row["data"]]
-            stats = [("n", sig3(row.get("n"))), ("accuracy", sig3(row.get("accuracy")))]
-            stats += [("mean conf.", sig3(row.get("mean_confidence"))), ("ECE", sig3(row.get("ece")))]
-            stats += [(heading, r_interval(row[key], digits=2)) for key, heading, _ in SIGNALS]
-            title = f"{model} · {row['data']}"
-            tag = "shifted" if _shifted(row["data"]) else "clean"
-            columns.append(Column(row["data"], tag, stats, _figures(title, recs, row)))
-            heads = flow.heads_cells(summary, title)
-            if heads:
-                columns[-1].plots.append(Plot(f"heads {title}", flow.head_heatmap(heads, "r(sharp, correct) per head")))
-        trace = summary.get("traces", {}).get(model, {})
-        traced = _trace(model, trace.get("grid"))
-        if traced:  # traced on the study's first dataset: its column
-            columns[0].plots.append(traced)
-        columns[0].plots += [Plot(name, png) for name, png in flow.model_plots(summary, model)]
-        facts = f"{params(rows[0].get('params'))} parameters · {rows[0].get('family', '')}"
-        if rows[0].get("band"):
-            facts += f" · circuit band: layers {_cell_value(rows[0]['band'])}"
-        if trace.get("n"):
-            facts += f" (causal tracing on {trace['n']} samples of {rows[0]['data']})"
-        out.append(ModelSection(model, facts, columns))
-    return out
-
-
 def _single(
     summary: dict[str, Any], records: Sequence[dict[str, Any]]
 ) -> tuple[list[Cell], list[list[Cell]], list[ModelSection]]:
@@ -354,13 +188,14 @@ def _single(
     flat.update({f"accuracy ({k})": v for k, v in summary.get("accuracy_by_type", {}).items()})
     header = [Cell(k, cls="l" if isinstance(v, str) else "") for k, v in flat.items()]
     row = [
-        Cell(v if k == "params" else _cell_value(v), cls=h.cls) for h, (k, v) in zip(header, flat.items(), strict=True)
+        Cell(v if k == "params" else cell_value(v), cls=h.cls) for h, (k, v) in zip(header, flat.items(), strict=True)
     ]
     title = f"{flat['model']} · {summary.get('data', '')}"
     band_row = summary if "drop_abs" in summary else None
-    column = Column(str(summary.get("data", "")), "shifted" if _shifted(str(summary.get("data", ""))) else "clean", [])
-    column.plots = _figures(title, records, band_row)
-    traced = _trace(title, summary.get("grid"))
+    data = str(summary.get("data", ""))
+    column = Column(data, "shifted" if is_shifted(data) else "clean", [])
+    column.plots = figures(title, records, band_row)
+    traced = trace_plot(title, summary.get("grid"))
     if traced:
         column.plots.append(traced)
     return header, [row], [ModelSection(str(flat["model"]), f"{flat['params']} parameters", [column])]
@@ -398,13 +233,13 @@ def render(out: Path) -> str:
         )
         page["headline"], page["verdict_rows"] = _verdict(table) if all("verdict" in r for r in table) else ([], [])
         page["headline"] += flow.headline(table, summary)
-        page["overview"] = _overview(table)
-        page["auroc_overview"] = _auroc_overview(table)
+        page["overview"] = overview(table)
+        page["auroc_overview"] = auroc_overview(table)
         page["verdict_header"] = [Cell(h, cls="l") for h in VERDICT_HEADER]
         page["header"] = [Cell("model", cls="l"), Cell("params"), Cell("data", cls="l")]
         page["header"] += [Cell(h, title=t) for _, h, t in COLUMNS]
         page["rows"] = _study_rows(table)
-        page["sections"] = _model_sections(summary, records)
+        page["sections"] = model_sections(summary, records)
     else:
         command = manifest.get("config", {}).get("command", "run")
         model = summary.get("model", {}).get("spec", "")

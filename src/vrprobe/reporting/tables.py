@@ -3,15 +3,17 @@ the verdict in words. Formatting only: every number comes from `study.run_study`
 out.
 
 `sig3(x)` three significant digits, `params(n)` 1.47M, `p_value(p)` compact p, `signed(x)` +0.163,
-`r_interval(cell)` +0.123 [+0.05, +0.19], `integration_text(layers)`, `auroc_interval_text(row, signal)`,
-`heads_text(names, cells, n)` a count and the top few heads; `Column` one terminal column (header, cell text per row):
-`KEY_COLUMNS` the study table's default ones, `MORE_COLUMNS` the others, `RELIABILITY_COLUMNS` the held-out
-reliability signals; `verdict_lines(rows, width, heads)` one short line per question asked, each within `width`;
-`wrap(text, width)` word wrapping that never breaks a name or a number group.
+`cell_value(v)` any summary value (a band as 3–5), `r_interval(cell)` +0.123 [+0.05, +0.19],
+`integration_text(layers)`, `auroc_interval_text(row, signal)`, `heads_text(names, cells, n)` a count and the top few
+heads; `Column` one terminal column (header, cell text per row): `KEY_COLUMNS` the study table's default ones,
+`MORE_COLUMNS` the others, `RELIABILITY_COLUMNS` the held-out reliability signals; `verdict_lines(rows, width, heads)`
+one short line per question asked, each within `width`; `wrap(text, width)` word wrapping that never breaks a name or
+a number group.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import textwrap
@@ -61,6 +63,17 @@ def signed(x: float | None, digits: int = 3) -> str:
     if x is None or math.isnan(x):
         return "n/a"
     return f"{x:+.{digits}f}"
+
+
+def cell_value(v: Any) -> str:
+    """Any summary value for a table: numbers in three significant digits, bands as 'a–b', lists joined."""
+    if isinstance(v, (int, float)) or v is None:
+        return sig3(v)
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v):
+        return f"{v[0]}–{v[1]}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
 
 
 def r_interval(cell: dict[str, Any], digits: int = 3) -> str:
@@ -135,13 +148,23 @@ MORE_COLUMNS = (
     Column("integration layers", lambda row: integration_text(row.get("integration_layers")), left=True),
     Column("band rank", lambda row: sig3(row.get("band_rank"))),
 )
+
+
+def _auroc_column(signal: str) -> Column:
+    return Column(signal, lambda row: auroc_interval_text(row, signal))
+
+
+def _aurc_column(short: str, signal: str) -> Column:
+    return Column(f"AURC {short}", lambda row: sig3(row.get(f"aurc_{signal}")))
+
+
 #: held-out AUROC of each reliability signal [95% bootstrap CI], the probe's layer, AURC
 RELIABILITY_COLUMNS = (
     Column("n held out", lambda row: str(row.get("n_held_out", ""))),
-    *(Column(s, lambda row, s=s: auroc_interval_text(row, s)) for s in ("confidence", "sharpness", "margin", "probe")),
+    *(_auroc_column(s) for s in ("confidence", "sharpness", "margin", "probe")),
     Column("probe layer", lambda row: "n/a" if row.get("probe_layer") is None else str(row["probe_layer"])),
     *(
-        Column(f"AURC {short}", lambda row, s=s: sig3(row.get(f"aurc_{s}")))
+        _aurc_column(short, s)
         for short, s in (("conf", "confidence"), ("sharp", "sharpness"), ("margin", "margin"), ("probe", "probe"))
     ),
 )
@@ -193,12 +216,14 @@ def heads_text(names: Sequence[str], cells: Sequence[dict[str, Any]] | None, n_t
     if not names:
         return count
     by_key = {(c["layer"], c["head"]): c for c in cells or ()}
-    labelled = []
+    labelled: list[tuple[str, dict[str, Any] | None]] = []
     for name in names:
         label, key = _head_label(name)
-        labelled.append((label, by_key.get(key)))
-    if all(c is not None for _, c in labelled):
-        labelled.sort(key=lambda lc: (lc[1]["q_correct"], -abs(lc[1]["r_correct"])))
+        labelled.append((label, None if key is None else by_key.get(key)))
+    known = [(label, c) for label, c in labelled if c is not None]
+    if len(known) == len(labelled):  # every name has its cell: by q, then |r|
+        known.sort(key=lambda lc: (lc[1]["q_correct"], -abs(lc[1]["r_correct"])))
+        labelled[:] = known
     shown = [label + (f"{GLUE}r={signed(c['r_correct'], 2)}" if c is not None else "") for label, c in labelled[:top]]
     return f"{count}; top {top}: {', '.join(shown)}" if len(names) > top else f"{count}: {', '.join(shown)}"
 
