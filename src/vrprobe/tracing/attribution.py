@@ -200,7 +200,9 @@ def block_outputs(adapter: Adapter, kinds: Sequence[str]) -> Iterator[dict[tuple
         for i, layer in enumerate(adapter.decoder_layers):
             for kind in kinds:
 
-                def post(module, args, output, key=(kind, i)):
+                def post(
+                    module: torch.nn.Module, args: tuple[Any, ...], output: Any, key: tuple[str, int] = (kind, i)
+                ) -> None:
                     outs[key] = first_output(output)
 
                 handles.append(layer_parts(layer)[kind].register_forward_hook(post))
@@ -217,7 +219,7 @@ def attention_calls(adapter: Adapter, active: bool = True) -> Iterator[list[Attn
     calls: list[AttnCall] = []
     handles = []
 
-    def pre(module, args, kwargs):
+    def pre(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         skip = (*CACHE_KWARGS, HOOK_KWARG, PREFIX_KWARG, "use_cache", "hidden_states")
         hidden = args[0] if args else kwargs["hidden_states"]
         calls.append((hidden.detach(), tuple(args[1:]), {k: v for k, v in kwargs.items() if k not in skip}))

@@ -129,7 +129,7 @@ def capture_layer_calls(adapter: Adapter) -> Iterator[LayerCalls]:
     calls = LayerCalls()
     last_out: list[torch.Tensor] = []
 
-    def pre(module, args, kwargs):
+    def pre(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # By name, read from the layer's own signature (a version passing an argument positionally still replays,
         # whatever wraps the instance's `forward`); the cache is left out: `run_layers` passes its own, under the
         # layer's name for it.
@@ -150,7 +150,7 @@ def capture_layer_calls(adapter: Adapter) -> Iterator[LayerCalls]:
         calls.before.append(added)
         last_out.clear()
 
-    def post(module, args, output):
+    def post(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         last_out[:] = [first_output(output)]
 
     handles = [layer.register_forward_pre_hook(pre, with_kwargs=True) for layer in adapter.decoder_layers]
@@ -169,7 +169,13 @@ def patch_blocks(adapter: Adapter, patches: dict[tuple[str, int], tuple[torch.Te
     try:
         for (kind, layer), (mask, clean) in patches.items():
 
-            def post(module, args, output, mask=mask, clean=clean):
+            def post(
+                module: torch.nn.Module,
+                args: tuple[Any, ...],
+                output: Any,
+                mask: torch.Tensor = mask,
+                clean: torch.Tensor = clean,
+            ) -> Any:
                 x = first_output(output)
                 return replace_output(output, torch.where(mask[..., None], clean.to(x.dtype), x))
 
@@ -189,14 +195,16 @@ def last_position_mlp(adapter: Adapter) -> Iterator[None]:
     mlp = layer_parts(adapter.decoder_layers[-1])["mlp"]
     shape: list[torch.Size] = []
 
-    def pre(module, args, kwargs):
+    def pre(
+        module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         shape.clear()
         if not args:
             return None
         shape[:] = [args[0].shape]
         return (args[0][:, -1:], *args[1:]), kwargs
 
-    def post(module, args, kwargs, output):
+    def post(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         if not shape:
             return None
         x = first_output(output)
