@@ -44,7 +44,7 @@ from vrprobe.registry import as_adapter, model_ref
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.progress import Progress
-from vrprobe.runtime.runs import open_run, run_config
+from vrprobe.runtime.runs import RunDir, open_run, run_config
 from vrprobe.scoring.evaluate import score_batch, summarize
 
 EDGES = ("image->question", "image->last", "question->last", "last->last")
@@ -104,14 +104,15 @@ def check_window(text: str | int | None) -> str | int | None:
 
 def window_size(text: str | int | None, num_layers: int) -> int:
     """The window's number of layers: None → max(1, round(L / 4)); 'all' → L; K must fit the model."""
-    text = check_window(text)
-    if text is None:
+    window = check_window(text)
+    if window is None:
         return max(1, round(num_layers / 4))
-    if text == "all":
+    if window == "all":
         return num_layers
-    if text > num_layers:
-        raise UsageError(f"--window {text} is wider than the model's {num_layers} layers")
-    return int(text)
+    k = int(window)
+    if k > num_layers:
+        raise UsageError(f"--window {k} is wider than the model's {num_layers} layers")
+    return k
 
 
 def windows(num_layers: int, k: int) -> list[tuple[int, int]]:
@@ -219,6 +220,17 @@ def run_knockout(
     return records, rows
 
 
+def _appender(run: RunDir) -> Callable[[list[int], list[dict[str, Any]], list[dict[str, Any]]], None]:
+    """`on_batch` writing a batch into `run`: its windows first, then the records that mark the batch done (a resumed
+    run drops a partial batch's windows)."""
+
+    def append(indices: list[int], records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        run.append(rows, "windows")
+        run.append(records)
+
+    return append
+
+
 def window_effects(rows: Sequence[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
     """{edge, start, end, effect, ci, n} per (edge, window), in first-seen order: `mean_interval` of the relative
     change over the rows whose sample was answered correctly without knockout (effect None when there are none)."""
@@ -316,8 +328,7 @@ def knockout(
         progress=progress,
         stage=f"knockout {spec}",
         done=done,
-        # windows first, then the records that mark the batch done (a resumed run drops a partial batch's windows)
-        on_batch=(lambda idx, recs, win: (run.append(win, "windows"), run.append(recs))) if run else None,
+        on_batch=_appender(run) if run else None,
     )
     if run:
         records = run.read()

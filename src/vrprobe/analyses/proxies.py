@@ -133,7 +133,8 @@ def probe(
         "probe_label_free": ReliabilityProbe(layers, seed=seed).fit(features(train, "last"), stable),
     }
     feature_of = {"probe": "last", "probe_image_mean": "image_mean", "probe_label_free": "last"}
-    evaluations, all_records = {}, []
+    evaluations: dict[str, dict[str, Any]] = {}
+    all_records: list[dict[str, Any]] = []
     for spec, ds in zip(specs, test_sets, strict=True):
         test = collect(adapter, ds.samples, batch_size, progress, f"probe eval {spec}")
         correct = np.array([r["correct"] for r in test], dtype=float)

@@ -336,7 +336,16 @@ def run_study(
         size = choose_batch_size(adapter, datasets[0].samples, cfg.batch_size, extra_tokens=cfg.max_new_tokens)
         for dataset in datasets:
 
-            def work(indices, chunk, dataset=dataset, a=adapter, m=spec, e=edits, p=probe, ids=probe_ids) -> None:
+            def work(
+                indices: list[int],
+                chunk: list[Any],
+                dataset: Dataset = dataset,
+                a: Adapter = adapter,
+                m: str = spec,
+                e: list = edits,
+                p: ReliabilityProbe | None = probe,
+                ids: set[str] = probe_ids,
+            ) -> None:
                 rows = study_batch(a, m, dataset, indices, chunk, e, cfg, p, ids)
                 run.append(rows) if run else records.extend(rows)
 

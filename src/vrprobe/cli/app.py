@@ -22,8 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="vrprobe: when should you trust a vision-language model's answer?",
 )
-#: typer vendors its own click; its usage errors derive from this class (found through a public typer name)
-CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+#: typer vendors its own click; its usage errors derive from this class (found through a public typer name), typed as
+#: the click class it copies (same interface: `format_message`), which is not its base
+CLICK_ERROR: type[click.ClickException] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _version(value: bool) -> None:

@@ -14,11 +14,20 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 err = Console(stderr=True)
 STATE = {"quiet": False}
@@ -113,7 +122,7 @@ class Bars:
             TimeRemainingColumn(),
         ]
         self.progress = Progress(*cols, console=err, transient=True, disable=STATE["quiet"])
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
         self.progress.__enter__()
         return self
 
@@ -122,8 +131,10 @@ class Bars:
             self.tasks[stage] = self.progress.add_task(stage, total=total)
         self.progress.update(self.tasks[stage], completed=done)
 
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.progress.__exit__(kind, exc, traceback)
 
 
 def call(function: Callable[..., Any], arguments: dict[str, Any], **overrides: Any) -> Any:
