@@ -51,6 +51,27 @@ class TextShape(TypedDict):
 
 
 TEXT = TextShape(hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4)
+
+
+class VisionShape(TypedDict):
+    """The vision tower's shape, shared by LLaVA's CLIP and PaliGemma's SigLIP (keyword arguments of their configs)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: int
+    patch_size: int
+
+
+VISION = VisionShape(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=IMAGE_SIZE,
+    patch_size=16,
+)
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
 FAMILY_SPECIAL = {
     "llava": ["<image>"],
@@ -113,26 +134,30 @@ def paligemma_processor(
 
 
 def build_processor(family: str) -> Any:
-    tok = build_tokenizer(family)
-    side = IMAGE_SIZE
+    """The zoo processor of a family: 64-px images, patch 16 (Qwen2-VL: patch 8, merged 2×2)."""
+    return family_processor(family, build_tokenizer(family), IMAGE_SIZE, 8 if family == "qwen2vl" else 16)
+
+
+def family_processor(family: str, tok: Any, side: int, patch: int, pixels: tuple[int, int] | None = None) -> Any:
+    """The family's processor class around `tok`, for images of `side` px cut into `patch`-px patches: LLaVA resizes
+    the shortest side and centre-crops, PaliGemma resizes to side × side ((side / patch)² image tokens), Qwen2-VL
+    resizes to a pixel budget (`pixels` = (min, max), default side² both) and merges 2×2 patches."""
     if family == "llava":
         clip = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
         return LlavaProcessor(
             image_processor=clip,
             tokenizer=tok,
-            patch_size=16,
+            patch_size=patch,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
         )
     if family == "paligemma":
         siglip = SiglipImageProcessorPil(size={"height": side, "width": side})
-        return paligemma_processor(siglip, tok, (side // 16) ** 2)
+        return paligemma_processor(siglip, tok, (side // patch) ** 2)
     if family == "qwen2vl":
+        low, high = pixels or (side * side, side * side)
         qwen = Qwen2VLImageProcessorPil(
-            patch_size=8,
-            merge_size=2,
-            temporal_patch_size=2,
-            size={"shortest_edge": side * side, "longest_edge": side * side},
+            patch_size=patch, merge_size=2, temporal_patch_size=2, size={"shortest_edge": low, "longest_edge": high}
         )
         return Qwen2VLImageOnlyProcessor(image_processor=qwen, tokenizer=tok)
     raise ValueError(f"unknown zoo family '{family}'")
@@ -144,14 +169,7 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(seed)
     if family == "llava":
-        clip = CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=IMAGE_SIZE,
-            patch_size=16,
-        )
+        clip = CLIPVisionConfig(**VISION)
         llama = LlamaConfig(vocab_size=len(tok), num_key_value_heads=4, max_position_embeddings=512, **TEXT, **ids)
         llava = LlavaConfig(
             vision_config=clip,
@@ -162,14 +180,7 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
         )
         return LlavaForConditionalGeneration(llava)
     if family == "paligemma":
-        siglip = SiglipVisionConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=IMAGE_SIZE,
-            patch_size=16,
-        )
+        siglip = SiglipVisionConfig(**VISION)
         gemma = GemmaConfig(
             vocab_size=len(tok), num_key_value_heads=1, head_dim=32, max_position_embeddings=512, **TEXT, **ids
         )

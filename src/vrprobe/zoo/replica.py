@@ -103,30 +103,14 @@ def processor(family: str, replicas: Path | None) -> Any:
 
 
 def _zoo_processor(family: str) -> Any:
-    from transformers import CLIPImageProcessorPil, LlavaProcessor, Qwen2VLImageProcessorPil, SiglipImageProcessorPil
+    """The family's processor at its real checkpoint's geometry (LLaVA-1.5 336 px patch 14, PaliGemma-224 256 tokens,
+    Qwen2-VL patch 14 with its pixel budget) around the zoo tokenizer."""
+    from vrprobe.zoo.build import build_tokenizer, family_processor
 
-    from vrprobe.models.qwen2vl import Qwen2VLImageOnlyProcessor
-    from vrprobe.zoo.build import build_tokenizer, paligemma_processor
-
-    tok = build_tokenizer(family)
-    if family == "llava":
-        clip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-        return LlavaProcessor(
-            image_processor=clip,
-            tokenizer=tok,
-            patch_size=14,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-        )
-    if family == "paligemma":
-        siglip = SiglipImageProcessorPil(size={"height": 224, "width": 224})
-        return paligemma_processor(siglip, tok, 256)
-    if family == "qwen2vl":
-        qwen = Qwen2VLImageProcessorPil(
-            patch_size=14, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 3136, "longest_edge": 12845056}
-        )
-        return Qwen2VLImageOnlyProcessor(image_processor=qwen, tokenizer=tok)
-    raise ValueError(f"unknown family '{family}'")
+    pixels = (3136, 12845056) if family == "qwen2vl" else None  # Qwen2-VL-2B's min_pixels, max_pixels
+    return family_processor(
+        family, build_tokenizer(family), {"llava": 336, "paligemma": 224}.get(family, 56), 14, pixels
+    )
 
 
 def config(family: str, replicas: Path | None) -> Any:
