@@ -122,6 +122,7 @@ def _explicit(
             allowed = torch.ones_like(probs[:, :1], dtype=torch.bool)
         else:
             allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+        assert hook is not None  # edits come from the hook
         for edit, mask, _ in edits:
             probs = edit.on_probs(probs, mask, hook.image_keys, allowed)
     if hook is not None and hook.record:

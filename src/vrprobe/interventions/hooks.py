@@ -15,7 +15,7 @@ same seed gives bit-identical results on CPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +27,8 @@ from vrprobe.interventions.ops import AttentionIntervention, HiddenIntervention
 from vrprobe.interventions.sites import Site
 from vrprobe.models.base import Adapter, TokenGroups
 from vrprobe.runtime.seeding import generator
+
+StateFn = Callable[[torch.Tensor], torch.Tensor]  # what a hook does to a state it edits or records
 
 Edit = tuple[Site, HiddenIntervention | AttentionIntervention]
 
@@ -158,7 +160,7 @@ def intervene(
         for layer in site.layers or (0,):
             recorded.setdefault((site.component, layer), []).append(site)
 
-    def hidden_hook(component: str, layer: int):
+    def hidden_hook(component: str, layer: int) -> StateFn:
         ops = by_target.get((component, layer), [])
         sites = recorded.get((component, layer), [])
 
@@ -183,7 +185,9 @@ def intervene(
                     hook.record = True
                     hook.record_last_only = all(s.positions == "last" for s in sites)
 
-                def give(module, args, kwargs, hook=hook):
+                def give(
+                    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], hook: AttentionHook = hook
+                ) -> tuple[tuple[Any, ...], dict[str, Any]]:
                     return args, {**kwargs, HOOK_KWARG: hook}
 
                 module = layer_parts(layers[layer])["attn"]
@@ -192,7 +196,9 @@ def intervene(
             fn = hidden_hook(component, layer)
             if component == "embed":
 
-                def pre(module, args, kwargs, fn=fn):
+                def pre(
+                    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fn: StateFn = fn
+                ) -> tuple[tuple[Any, ...], dict[str, Any]]:
                     if args:
                         return (fn(args[0]), *args[1:]), kwargs
                     return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
@@ -201,7 +207,7 @@ def intervene(
             else:  # resid, attn, mlp
                 module = layers[layer] if component == "resid" else layer_parts(layers[layer])[component]
 
-                def post(module, args, output, fn=fn):
+                def post(module: torch.nn.Module, args: tuple[Any, ...], output: Any, fn: StateFn = fn) -> Any:
                     return replace_output(output, fn(first_output(output)))
 
                 handles.append(module.register_forward_hook(post))
