@@ -1,10 +1,10 @@
 """vrprobe's attention function, registered with `transformers.AttentionInterface` under the name "vrprobe".
 
 It computes attention exactly (grouped-query expansion, scaling, optional soft-capping, fp32 softmax): explicit
-probabilities for the query rows that are recorded or edited, SDPA for the rest (`vrprobe_attention`). The same
-name is registered in `AttentionMaskInterface` with the eager mask function: without it the function would receive no
-causal or padding mask at all. Selected for the text model only
-(`{"text_config": "vrprobe", "vision_config": "eager"}`).
+probabilities for the query rows that are recorded or edited, SDPA for the rest (`vrprobe_attention`; in a small
+call, `ALL_ROWS_UP_TO`, every row explicit). The same name is registered in `AttentionMaskInterface` with the eager
+mask function: without it the function would receive no causal or padding mask at all. Selected for the text model
+only (`{"text_config": "vrprobe", "vision_config": "eager"}`).
 
 State reaches it as keyword arguments, which transformers' decoder layers and attention modules pass through unchanged
 (never as attributes set on modules):
@@ -30,6 +30,17 @@ HOOK_KWARG = "vrprobe_hook"
 PREFIX_KWARG = "vrprobe_prefix"
 
 
+#: A call whose scores hold at most this many elements (batch × heads × queries × keys: 512 KiB in float32) computes
+#: every query row explicitly, also when only some rows are recorded or edited: at that size the explicit products
+#: cost less than SDPA plus a second product for those rows (zoo shapes, 11 rows of 30 tokens: about 0.6×), and the
+#: memory is small. Above it only the recorded or edited rows are explicit (`benchmarks/attention_memory.py`).
+ALL_ROWS_UP_TO = 1 << 17
+
+
+#: query rows to compute explicitly: None = every row; a slice (a view, e.g. the last row) or sorted positions [K]
+Rows = slice | torch.Tensor | None
+
+
 @dataclass
 class AttentionHook:
     """What one attention module does inside an `intervene` block: edits (with their query masks and generators) and
@@ -40,9 +51,18 @@ class AttentionHook:
     record: bool = False
     record_last_only: bool = False
     records: list[torch.Tensor] = field(default_factory=list)
+    #: `explicit_rows` per (query length, edits, record flags): computed once, not in every call
+    _rows: dict[tuple[int, int, bool, bool], Rows] = field(default_factory=dict, repr=False, compare=False)
 
     def active(self, query_len: int) -> bool:
         return self.image_keys.shape[1] == query_len
+
+    def rows(self, query_len: int) -> Rows:
+        """`explicit_rows(self, query_len)`, computed once per query length and configuration."""
+        key = (query_len, len(self.edits), self.record, self.record_last_only)
+        if key not in self._rows:
+            self._rows[key] = explicit_rows(self, query_len)
+        return self._rows[key]
 
 
 class SharedPrefix(Protocol):
@@ -72,13 +92,17 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
-def explicit_rows(hook: AttentionHook | None, query_len: int) -> torch.Tensor | None:
-    """The query positions [K] whose probabilities must be computed explicitly (recorded or edited), sorted; None when
-    every row must be (all rows recorded, or an edit of the pre-softmax scores, whose draws span every row)."""
+def explicit_rows(hook: AttentionHook | None, query_len: int) -> Rows:
+    """The query positions whose probabilities must be computed explicitly (recorded or edited): a slice when they
+    are contiguous (the last row alone: `slice(T − 1, T)`), else sorted positions [K]; an empty slice for none;
+    None when every row must be (all rows recorded, or an edit of the pre-softmax scores, whose draws span every
+    row)."""
     if hook is None:
-        return torch.zeros(0, dtype=torch.long)
+        return slice(0, 0)
     if hook.record and not hook.record_last_only:
         return None
+    if not hook.edits:  # recording alone (eval's sharpness): no tensor work to find the rows
+        return slice(query_len - 1, query_len) if hook.record else slice(0, 0)
     if any(type(edit).on_logits is not AttentionIntervention.on_logits for edit, _, _ in hook.edits):
         return None
     needed = torch.zeros(query_len, dtype=torch.bool)
@@ -86,7 +110,23 @@ def explicit_rows(hook: AttentionHook | None, query_len: int) -> torch.Tensor | 
         needed |= mask.detach().cpu().any(0)
     if hook.record:
         needed[-1] = True
-    return needed.nonzero().squeeze(1)
+    positions = needed.nonzero().squeeze(1)
+    if len(positions) == 0:
+        return slice(0, 0)
+    first, last = int(positions[0]), int(positions[-1])
+    return slice(first, last + 1) if last - first + 1 == len(positions) else positions
+
+
+def _on(rows: slice | torch.Tensor, device: torch.device) -> slice | torch.Tensor:
+    return rows if isinstance(rows, slice) else rows.to(device)
+
+
+def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + y, in place in x (this function's own tensor) when that gives the same result: same dtype, and y
+    broadcasts to x's shape."""
+    if y.dtype == x.dtype and y.dim() == x.dim() and all(m in (1, n) for m, n in zip(y.shape, x.shape, strict=True)):
+        return x.add_(y)
+    return x + y
 
 
 def _explicit(
@@ -97,7 +137,7 @@ def _explicit(
     scaling: float,
     softcap: float | None,
     hook: AttentionHook | None,
-    rows: torch.Tensor | None,
+    rows: Rows,
     prefix: SharedPrefix | None,
     dropout: float,
     training: bool,
@@ -108,12 +148,14 @@ def _explicit(
     logits = torch.matmul(query, key.transpose(2, 3))
     if prefix is not None:
         logits = torch.cat([prefix.scores(query), logits], dim=-1)
-    logits = logits * scaling
+    logits = logits.mul_(scaling)  # in place: the product is this function's own tensor (a float keeps its dtype)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     if attention_mask is not None:
-        logits = logits + attention_mask
-    edits = [] if hook is None else [(e, m if rows is None else m[:, rows.to(m.device)], g) for e, m, g in hook.edits]
+        logits = _add(logits, attention_mask)
+    edits = [] if hook is None else hook.edits
+    if edits and rows is not None:
+        edits = [(e, m[:, _on(rows, m.device)], g) for e, m, g in edits]
     for edit, mask, rng in edits:
         logits = edit.on_logits(logits, mask, rng)
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # edited and recorded in float32, any model dtype
@@ -126,8 +168,14 @@ def _explicit(
         for edit, mask, _ in edits:
             probs = edit.on_probs(probs, mask, hook.image_keys, allowed)
     if hook is not None and hook.record:
-        hook.records.append((probs[:, :, -1] if hook.record_last_only else probs).detach())
-    probs_used = torch.nn.functional.dropout(probs.to(query.dtype), p=dropout, training=training)
+        if not hook.record_last_only:
+            hook.records.append(probs.detach())
+        else:  # the last row alone; copied when more rows were computed, so that they are not held with it
+            last = probs[:, :, -1].detach()
+            hook.records.append(last.clone() if probs.shape[2] > 1 else last)
+    probs_used = probs.to(query.dtype)
+    if training and dropout > 0:
+        probs_used = torch.nn.functional.dropout(probs_used, p=dropout, training=True)
     if prefix is None:
         return torch.matmul(probs_used, value), probs
     p = prefix.length
@@ -153,8 +201,9 @@ def vrprobe_attention(
     Explicit probabilities (scores, softmax in float32, edits, recording) are computed only for the query rows that
     are recorded or edited (`explicit_rows`: O(rows·S) memory per head, e.g. the answer position for sharpness); every
     other row goes through `torch.nn.functional.scaled_dot_product_attention`. All rows are explicit (eager, with
-    probabilities returned) when every row is recorded, an edit changes the scores, or soft-capping or training
-    dropout is on.
+    probabilities returned) when every row is recorded, an edit changes the scores, soft-capping or training
+    dropout is on, or some rows are recorded or edited in a call whose scores hold at most `ALL_ROWS_UP_TO` elements
+    (there that is cheaper than SDPA plus the rows apart).
 
     A prefix no longer than the batch's own keys is copied into each row's keys (at most doubling them) so that SDPA
     runs; a longer one (few queries against many earlier positions, where explicit scores are small) stays shared."""
@@ -174,16 +223,18 @@ def vrprobe_attention(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     hook = vrprobe_hook if vrprobe_hook is not None and vrprobe_hook.active(query.shape[2]) else None
-    rows = explicit_rows(hook, query.shape[2])
+    rows = slice(0, 0) if hook is None else hook.rows(query.shape[2])
+    some = rows is None or not isinstance(rows, slice) or rows.stop > rows.start
+    small = some and query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2] <= ALL_ROWS_UP_TO
     dropping = module.training and dropout > 0
-    if rows is None or prefix is not None or softcap is not None or dropping:
+    if rows is None or small or prefix is not None or softcap is not None or dropping:
         out, probs = _explicit(
             query, key, value, attention_mask, scaling, softcap, hook, None, prefix, dropout, module.training
         )
         return out.transpose(1, 2).contiguous(), probs
     out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
-    if len(rows):
-        index = rows.to(query.device)
+    if some:
+        index = _on(rows, query.device)
         mask = attention_mask[:, :, index] if attention_mask is not None else None
         part, _ = _explicit(query[:, :, index], key, value, mask, scaling, None, hook, rows, None, 0.0, False)
         out[:, :, index] = part.to(out.dtype)
