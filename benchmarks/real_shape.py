@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from timing import Spread, alternate, cpu, ratios, set_threads
-from trace_speed import rome_trace, standard_sites
+from trace_speed import read, rome_trace, standard_sites
 from vrprobe.data import load_dataset
 from vrprobe.interventions import intervene
 from vrprobe.interventions.sites import positions_mask
@@ -122,28 +122,33 @@ def family_speed(family: str, root: Path, args) -> dict:
 
 def recording_overhead(path: Path, chosen, repeats: int, forwards: int) -> tuple[Spread, Spread]:
     """Eval's recording overhead at this structure: the prompt forward (`logits_to_keep=1`, as `score_batch` runs
-    it) recording every layer's output and the answer position's attention at every layer, over the same forward
-    in plain eager attention, and over it in SDPA (no hooks); `repeats` rounds of `forwards` forwards per side, the
-    sides alternating forward by forward."""
-    adapters = [
+    it) recording every layer's output and the answer position's attention at every layer, the records then taken
+    as eval takes them (`trace_speed.read`), over the same forward in plain eager attention, and over it in SDPA (no
+    hooks); each comparison apart, `repeats` rounds of `forwards` forwards per side, the two sides alternating
+    forward by forward."""
+    plains = [
         load_adapter(str(path), device="cpu", dtype="float32", attn_implementation=impl) for impl in ("eager", "sdpa")
     ]
     probe = load_adapter(str(path), device="cpu", dtype="float32")
-    batches = [x.encode_samples(chosen) for x in (*adapters, probe)]
+    batch = probe.encode_samples(chosen)
     sites = standard_sites(probe.num_layers)
 
-    def plain(x, batch):
-        return lambda: x.forward(batch, use_cache=False, logits_to_keep=1)
+    def plain(x):
+        b = x.encode_samples(chosen)
+        return lambda: x.forward(b, use_cache=False, logits_to_keep=1)
 
     def recorded():
-        with intervene(probe, batches[-1].groups, record=sites):
-            probe.forward(batches[-1], use_cache=False, logits_to_keep=1)
+        with intervene(probe, batch.groups, record=sites) as rec:
+            probe.forward(batch, use_cache=False, logits_to_keep=1)
+        read(rec, sites)
 
-    sides = [plain(adapters[0], batches[0]), plain(adapters[1], batches[1]), recorded]
+    out = []
     with torch.no_grad():
-        alternate(sides, 1)  # warm-up
-        t_eager, t_sdpa, t_rec = alternate(sides, repeats, calls=forwards)
-    return ratios(t_rec, t_eager), ratios(t_rec, t_sdpa)
+        for base in map(plain, plains):
+            alternate([base, recorded], 1)  # warm-up
+            t_base, t_rec = alternate([base, recorded], repeats, calls=forwards)
+            out.append(ratios(t_rec, t_base))
+    return out[0], out[1]
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 3072, repeats: int = 5) -> float:

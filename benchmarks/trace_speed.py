@@ -12,10 +12,11 @@ Every timed comparison runs `--repeats` rounds in which the two sides take turns
 drift in the machine's speed hits both alike; `timing.alternate`), and prints the median of the paired per-round
 ratios with their range. speedup = reference time / engine time, a round tracing `--samples` samples on each side;
 hook_overhead = forward time while recording what eval and tracing record (every layer's output and the answer
-position's attention at every layer, through vrprobe's attention function) / plain eager forward time (no hooks),
-same batch of 1 + N rows, `--forwards` forwards per side per round, alternating forward by forward. The per-model
-line also gives the ratio when every attention- and MLP-block output is recorded as well, and that of a plain SDPA
-forward (transformers' default attention, no hooks) over the same eager one.
+position's attention at every layer, through vrprobe's attention function), the recorded states then taken as eval
+takes them (`read`), / plain eager forward time (no hooks), same batch of 1 + N rows, `--forwards` forwards per side
+per round, alternating forward by forward. The per-model line also gives the ratio when every attention- and
+MLP-block output is recorded as well, and that of a plain SDPA forward (transformers' default attention, no hooks)
+over the same eager one.
 
     python benchmarks/trace_speed.py [--model zoo:llava --model zoo:qwen2vl] [--samples 2] [--noise-samples 10]
                                      [--repeats 5] [--forwards 20] [--threads T]
@@ -82,8 +83,9 @@ def rome_trace(adapter, sample, tracer: Tracer, cfg: TraceConfig, index: int) ->
 
 def hook_overhead(spec: str, samples, rows: int, site_sets, repeats: int, forwards: int) -> list[Spread]:
     """Per set of sites: forward time while recording them / plain eager forward time (no hooks), as the paired
-    ratios of `repeats` rounds of `forwards` forwards per side, the sides alternating forward by forward. The last
-    entry is a plain SDPA forward (no hooks, transformers' default attention) over the same eager forward."""
+    ratios of `repeats` rounds of `forwards` forwards per side, the two sides alternating forward by forward (each
+    comparison apart, so that no third side's memory traffic falls between them). The last entry is a plain SDPA
+    forward (no hooks, transformers' default attention) over the same eager forward."""
     plain = load_adapter(spec, attn_implementation="eager")
     sdpa = load_adapter(spec, attn_implementation="sdpa")
     probe = load_adapter(spec)
@@ -91,24 +93,37 @@ def hook_overhead(spec: str, samples, rows: int, site_sets, repeats: int, forwar
     batch_p, batch_s, batch_r = (
         a.collate([a.encode_one(s.load_image(), s.question) for s in chosen]) for a in (plain, sdpa, probe)
     )
-    sets = [sites_for(probe.num_layers) for sites_for in site_sets]
 
     def recorded(sites):
         def run():
-            with intervene(probe, batch_r.groups, record=sites):
+            with intervene(probe, batch_r.groups, record=sites) as rec:
                 probe.forward(batch_r, use_cache=False)
+            read(rec, sites)
 
         return run
 
-    sides = [
-        lambda: plain.forward(batch_p, use_cache=False),
-        *map(recorded, sets),
-        lambda: sdpa.forward(batch_s, use_cache=False),
-    ]
+    def base():
+        plain.forward(batch_p, use_cache=False)
+
+    others = [recorded(sites_for(probe.num_layers)) for sites_for in site_sets]
+    others.append(lambda: sdpa.forward(batch_s, use_cache=False))
+    out = []
     with torch.no_grad():
-        alternate(sides, 1, calls=3)  # warm-up
-        times = alternate(sides, repeats, calls=forwards)
-    return [ratios(t, times[0]) for t in times[1:]]
+        for other in others:
+            alternate([base, other], 1, calls=3)  # warm-up
+            t_base, t_other = alternate([base, other], repeats, calls=forwards)
+            out.append(ratios(t_other, t_base))
+    return out
+
+
+def read(rec, sites) -> None:
+    """Take the recorded states as eval does: attention stacked over layers (sharpness), hidden states one tensor
+    per layer (the probes' features), so that what reading costs counts in the overhead."""
+    for site in sites:
+        if site.component == "attn_probs":
+            rec.stacked(site)
+        else:
+            rec.layers(site)
 
 
 def standard_sites(num_layers: int) -> list[Site]:

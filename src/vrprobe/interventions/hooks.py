@@ -36,8 +36,12 @@ Edit = tuple[Site, HiddenIntervention | AttentionIntervention]
 def layer_parts(layer: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """A decoder layer's attention and MLP blocks, found by role (the module with a `layer_idx` that computes
     attention; the module whose class name ends in MLP), not by a path written per family."""
-    attn = next((m for m in layer.children() if hasattr(m, "layer_idx") and hasattr(m, "config")), None)
-    mlp = next((m for m in layer.children() if type(m).__name__.lower().endswith("mlp")), None)
+    attn = mlp = None
+    for m in layer.children():
+        if attn is None and hasattr(m, "layer_idx") and hasattr(m, "config"):
+            attn = m
+        if mlp is None and type(m).__name__.lower().endswith("mlp"):
+            mlp = m
     if attn is None or mlp is None:
         raise UsageError(f"cannot find the attention and MLP blocks of {type(layer).__name__}")
     return {"attn": attn, "mlp": mlp}
@@ -48,34 +52,55 @@ class Recording(Mapping):
     block has exited: [B, T, D] for one layer, [L, B, T, D] stacked in the site's layer order for several; attention
     probabilities [B, H, T, S], or [B, H, S] for `last`. With several forwards in one block, the last prompt forward
     is kept. Reading a site inside the block, a site not asked for, or a site some of whose layers no forward
-    reached is an error that says which."""
+    reached is an error that says which.
+
+    Recording copies nothing: each layer's state is kept as the module returned it (detached; a module's output is
+    not changed after it returns), and a site of several layers is stacked the first time it is read (`layers` gives
+    them without stacking)."""
 
     def __init__(self, sites: Sequence[Site]) -> None:
         self._sites = tuple(dict.fromkeys(sites))
         self._states: dict[Site, torch.Tensor] = {}
         self._missing: dict[Site, list[int]] = {}
         self._closed = False
+        # each site's states by slot (position in `site.layers`), as the forwards reach them
+        self._slots: dict[Site, dict[int, torch.Tensor]] = {}
 
-    def _fill(self, per_layer: dict[tuple[Site, int], torch.Tensor]) -> None:
-        """Stack each site's per-layer states (called once, when the block exits)."""
+    def _put(self, site: Site, slots: Sequence[int], x: torch.Tensor) -> None:
+        """Record `x` as the state of the site's layer(s) at `slots` (positions in `site.layers`); a forward of another
+        shape starts the site afresh, so that its layers always come from one forward."""
+        x = x.detach()
+        held = self._slots.get(site)
+        if held is None or next(iter(held.values())).shape != x.shape:
+            held = self._slots[site] = {}
+        for slot in slots:
+            held[slot] = x
+
+    def _fill(self) -> None:
+        """Close the recording (called once, when the block exits): note the sites some of whose layers are missing."""
         for site in self._sites:
-            layers = site.layers or (0,)
-            missing = [i for i in layers if (site, i) not in per_layer]
+            held = self._slots.get(site, {})
+            missing = [layer for slot, layer in enumerate(site.layers or (0,)) if slot not in held]
             if missing:
-                self._missing[site] = missing
-            else:
-                states = [per_layer[(site, i)] for i in layers]
-                self._states[site] = states[0] if len(states) == 1 else torch.stack(states)
+                self._missing[site] = list(dict.fromkeys(missing))
+                self._slots.pop(site, None)
         self._closed = True
 
-    def __getitem__(self, site: Site) -> torch.Tensor:
+    def _check(self, site: Site) -> None:
         if not self._closed:
             raise VrprobeError("recorded states are available once the `with intervene(...)` block has exited")
         if site in self._missing:
             layers = ", ".join(map(str, self._missing[site]))
             raise VrprobeError(f"site {site} holds nothing for layer(s) {layers}: no prompt forward reached them")
-        if site not in self._states:
+        if site not in self._states and site not in self._slots:
             raise KeyError(site)
+
+    def __getitem__(self, site: Site) -> torch.Tensor:
+        self._check(site)
+        if site not in self._states:
+            held = self._slots.pop(site)
+            states = [held[slot] for slot in range(len(held))]
+            self._states[site] = states[0] if len(states) == 1 else torch.stack(states)
         return self._states[site]
 
     def __iter__(self) -> Iterator[Site]:
@@ -88,6 +113,14 @@ class Recording(Mapping):
         """The site's states with a leading layer dimension [len(layers), ...], also when it names one layer."""
         states = self[site]
         return states if len(site.layers) > 1 else states[None]
+
+    def layers(self, site: Site) -> tuple[torch.Tensor, ...]:
+        """The site's states one per layer, in the site's layer order, without stacking them."""
+        self._check(site)
+        if site in self._states:
+            return tuple(self.stacked(site))
+        held = self._slots[site]
+        return tuple(held[slot] for slot in range(len(held)))
 
 
 def replace_output(output: Any, new: torch.Tensor) -> Any:
@@ -102,17 +135,24 @@ def first_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def check_sites(adapter: Adapter, sites: Sequence[Site]) -> None:
-    """One clear error for a site that is not a `Site`, names a layer the model lacks, or needs recorded attention."""
+def check_sites(adapter: Adapter, sites: Sequence[Site], num_layers: int | None = None) -> None:
+    """One clear error for a site that is not a `Site`, names a layer the model lacks, or needs recorded attention
+    (`num_layers`: the adapter's, when the caller has it at hand)."""
+    records_attention = None
     for site in sites:
         if not isinstance(site, Site):
             raise UsageError(f"expected a Site, got {type(site).__name__}: {site!r:.80}")
-        site.check(adapter.num_layers)
-        if site.component == "attn_probs" and not adapter.records_attention:
-            raise UsageError("attention sites need the model loaded with vrprobe's attention function")
+        if num_layers is None:
+            num_layers = adapter.num_layers
+        site.check(num_layers)
+        if site.component == "attn_probs":
+            if records_attention is None:
+                records_attention = adapter.records_attention
+            if not records_attention:
+                raise UsageError("attention sites need the model loaded with vrprobe's attention function")
 
 
-def check_edits(adapter: Adapter, edits: Sequence[Any]) -> list[Edit]:
+def check_edits(adapter: Adapter, edits: Sequence[Any], num_layers: int | None = None) -> list[Edit]:
     """Each edit as a (Site, intervention) pair whose intervention is an instance of the base class its site's
     component needs (`AttentionIntervention` for `attn_probs`, `HiddenIntervention` otherwise); else one error naming
     the site."""
@@ -121,7 +161,7 @@ def check_edits(adapter: Adapter, edits: Sequence[Any]) -> list[Edit]:
         if not (isinstance(edit, tuple) and len(edit) == 2 and isinstance(edit[0], Site)):
             raise UsageError(f"an edit is a (Site, intervention) pair, got {edit!r:.80}")
         site, op = edit
-        check_sites(adapter, [site])
+        check_sites(adapter, [site], num_layers)
         want = AttentionIntervention if site.component == "attn_probs" else HiddenIntervention
         kind = "an attention" if want is AttentionIntervention else "a hidden-state"
         if isinstance(op, type):
@@ -141,12 +181,11 @@ def intervene(
     seed: int = 0,
 ) -> Iterator[Recording]:
     """Apply `edits` (site, intervention) and record `record` sites during the forwards inside the block."""
-    edits = check_edits(adapter, edits)
-    check_sites(adapter, record)
-    layers = adapter.decoder_layers
+    layers = list(adapter.decoder_layers)
+    edits = check_edits(adapter, edits, len(layers))
+    check_sites(adapter, record, len(layers))
     width = groups.image.shape[1]
     rec = Recording(record)
-    states: dict[tuple[Site, int], torch.Tensor] = {}
     handles: list[Any] = []
     attn_hooks: dict[int, AttentionHook] = {}
     by_target: dict[tuple[str, int], list[tuple[Any, torch.Tensor, torch.Generator]]] = {}
@@ -155,12 +194,22 @@ def intervene(
         bound = op.bind(groups) if isinstance(op, AttentionIntervention) else op
         for layer in site.layers or (0,):
             by_target.setdefault((site.component, layer), []).append((bound, site.mask(groups), rng))
-    recorded: dict[tuple[str, int], list[Site]] = {}
-    for site in record:
-        for layer in site.layers or (0,):
-            recorded.setdefault((site.component, layer), []).append(site)
+    # (component, layer) -> [(site, the site's slots naming that layer)]
+    recorded: dict[tuple[str, int], list[tuple[Site, tuple[int, ...]]]] = {}
+    for site in rec:
+        by_layer: dict[int, list[int]] = {}
+        for j, layer in enumerate(site.layers or (0,)):
+            by_layer.setdefault(layer, []).append(j)
+        for layer, js in by_layer.items():
+            recorded.setdefault((site.component, layer), []).append((site, tuple(js)))
+    parts: dict[int, dict[str, torch.nn.Module]] = {}
 
-    def hidden_hook(component: str, layer: int) -> StateFn:
+    def part(layer: int, component: str) -> torch.nn.Module:
+        if layer not in parts:
+            parts[layer] = layer_parts(layers[layer])
+        return parts[layer][component]
+
+    def hidden_hook(component: str, layer: int) -> tuple[StateFn, bool]:
         ops = by_target.get((component, layer), [])
         sites = recorded.get((component, layer), [])
 
@@ -169,18 +218,18 @@ def intervene(
                 return x
             for op, mask, rng in ops:
                 x = op.apply(x, mask.to(x.device), rng)
-            for site in sites:
-                states[(site, layer)] = x.detach()
+            for site, slots in sites:
+                rec._put(site, slots, x)
             return x
 
-        return edit
+        return edit, bool(ops)
 
     try:
         for component, layer in sorted(set(by_target) | set(recorded)):
             if component == "attn_probs":
                 hook = attn_hooks.setdefault(layer, AttentionHook(image_keys=groups.image))
                 hook.edits.extend(by_target.get((component, layer), []))
-                sites = recorded.get((component, layer), [])
+                sites = [site for site, _ in recorded.get((component, layer), [])]
                 if sites:
                     hook.record = True
                     hook.record_last_only = all(s.positions == "last" for s in sites)
@@ -190,10 +239,9 @@ def intervene(
                 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
                     return args, {**kwargs, HOOK_KWARG: hook}
 
-                module = layer_parts(layers[layer])["attn"]
-                handles.append(module.register_forward_pre_hook(give, with_kwargs=True))
+                handles.append(part(layer, "attn").register_forward_pre_hook(give, with_kwargs=True))
                 continue
-            fn = hidden_hook(component, layer)
+            fn, edits_here = hidden_hook(component, layer)
             if component == "embed":
 
                 def pre(
@@ -205,18 +253,25 @@ def intervene(
 
                 handles.append(layers[0].register_forward_pre_hook(pre, with_kwargs=True))
             else:  # resid, attn, mlp
-                module = layers[layer] if component == "resid" else layer_parts(layers[layer])[component]
+                module = layers[layer] if component == "resid" else part(layer, component)
 
-                def post(module: torch.nn.Module, args: tuple[Any, ...], output: Any, fn: StateFn = fn) -> Any:
-                    return replace_output(output, fn(first_output(output)))
+                def post(
+                    module: torch.nn.Module,
+                    args: tuple[Any, ...],
+                    output: Any,
+                    fn: StateFn = fn,
+                    edits_here: bool = edits_here,
+                ) -> Any:
+                    x = fn(first_output(output))
+                    return replace_output(output, x) if edits_here else None  # None: the output stays as it is
 
                 handles.append(module.register_forward_hook(post))
         yield rec
     finally:
         for h in handles:
             h.remove()
-        for (component, layer), sites in recorded.items():
+        for (component, layer), targets in recorded.items():
             if component == "attn_probs" and attn_hooks[layer].records:
-                for site in sites:
-                    states[(site, layer)] = attn_hooks[layer].records[-1]
-        rec._fill(states)
+                for site, where in targets:
+                    rec._put(site, where, attn_hooks[layer].records[-1])
+        rec._fill()

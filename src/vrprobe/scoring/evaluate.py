@@ -106,11 +106,13 @@ def score_batch(
         finite_logits(padded, ids, model=adapter.name, what="answer log-probabilities")
         records = [open_record(s, g) for s, g in zip(samples, generated, strict=True)]
     if hidden:
-        states = rec.stacked(resid_site).float()  # [L, B, T, D]
-        image = batch.groups.image.to(states.device)
-        image_mean = (states * image[None, :, :, None]).sum(2) / image.sum(1).clamp_min(1)[None, :, None]
+        layers = rec.layers(resid_site)  # [B, T, D] per layer as the forward returned it: no [L, B, T, D] copy
+        image = batch.groups.image.to(layers[0].device)
+        count = image.sum(1).clamp_min(1)[:, None]
+        last = torch.stack([x[:, -1].float() for x in layers])  # [L, B, D]
+        image_mean = torch.stack([(x.float() * image[:, :, None]).sum(1) / count for x in layers])  # [L, B, D]
         for i, r in enumerate(records):
-            r["hidden_last"] = states[:, i, -1].cpu().numpy()
+            r["hidden_last"] = last[:, i].cpu().numpy()
             r["hidden_image_mean"] = image_mean[:, i].cpu().numpy()
     if adapter.records_attention:
         entropy = image_attention_entropy(rec.stacked(attn_site), batch.groups.image)  # [L, B, H]
