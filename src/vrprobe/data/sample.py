@@ -11,6 +11,9 @@ from PIL import Image
 
 from vrprobe.errors import VrprobeError
 
+#: a target box `(x, y, w, h)` in original-image pixels
+Box = tuple[float, float, float, float]
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -20,6 +23,9 @@ class Sample:
     `answers`: reference answers (easy-VQA: one; VQA v2: ten human answers).
     `choices`: the candidate set for closed-set scoring, or None for open-ended generation.
     `meta`: free-form metadata; `meta["question_type"]` is always set (easy-VQA: "yes/no", "color", "shape").
+    `boxes`: the target, the image region(s) the answer depends on, as `(x, y, w, h)` boxes in original-image pixels
+    (x, y the top-left corner; w, h > 0). None when the dataset has no boxes; an empty tuple when it has them but this
+    sample has no target (a POPE "no" question). Grounded metrics exist only for samples with at least one box.
     """
 
     id: str
@@ -28,6 +34,7 @@ class Sample:
     image_path: Path | None = None
     choices: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    boxes: tuple[Box, ...] | None = None
     image_fn: Callable[[], Image.Image] | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -195,7 +195,7 @@ class Adapter:
         while tail < min(len(ids), len(empty)) - start and ids[-1 - tail] == empty[-1 - tail]:
             tail += 1
         end = len(ids) - tail
-        return Encoded(inputs=inputs, question_span=(start, end))
+        return Encoded(inputs=inputs, question_span=(start, end), image_size=image.size)
 
     def extend(self, item: Encoded, ids: Sequence[int]) -> Encoded:
         """Append tokens (an answer continuation) to one encoded sample, filling its per-token inputs."""
@@ -209,7 +209,7 @@ class Adapter:
             else:
                 tail = torch.full((1, n), self.continuation_fill.get(key, 0), dtype=inputs[key].dtype)
             inputs[key] = torch.cat([inputs[key], tail], dim=1)
-        return Encoded(inputs=inputs, question_span=item.question_span)
+        return Encoded(inputs=inputs, question_span=item.question_span, image_size=item.image_size)
 
     def collate(self, items: Sequence[Encoded]) -> Batch:
         """Left-pad per-token inputs to a common length and concatenate per-image inputs."""

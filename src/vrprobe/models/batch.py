@@ -34,10 +34,12 @@ class TokenGroups:
 
 @dataclass
 class Encoded:
-    """One sample's processor outputs (batch dim 1, unpadded) and the [start, end) span of its question tokens."""
+    """One sample's processor outputs (batch dim 1, unpadded), the [start, end) span of its question tokens, and the
+    original image's size `(width, height)` in pixels (what image-token geometry maps back to)."""
 
     inputs: dict[str, torch.Tensor]
     question_span: tuple[int, int]
+    image_size: tuple[int, int] | None = None
 
     @property
     def length(self) -> int:

@@ -169,13 +169,17 @@ class RunDir:
             raise VrprobeError(f"cannot write to {path}: {exc.strerror or exc}") from None
 
     def append(self, rows: Sequence[dict[str, Any]], table: str = "records") -> None:
-        """Append rows as a new Parquet part (temporary name, then rename)."""
+        """Append rows as a new Parquet part (temporary name, then rename). The part's columns are the union of the
+        rows' keys in first-seen order; a row without a key reads back with None there (pyarrow's `from_pylist` alone
+        would take the first row's keys and silently drop the others')."""
         if not rows:
             return
         self._ensure()
         folder = self.path / table
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        columns = {k: [r.get(k) for r in rows] for k in names}
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(list(rows)), sink)
+        pq.write_table(pa.Table.from_pydict(columns), sink)
         with self._writing(folder):
             folder.mkdir(exist_ok=True)
             n = len(list(folder.glob("part-*.parquet")))
