@@ -1,6 +1,6 @@
 """The study: for each model × dataset, eval (confidence, correctness, sharpness), causal tracing on a subset to find
 the circuit band, band corruption of that band (causal strength), calibration, correlations with bootstrap intervals,
-and a verdict computed from those numbers.
+grounding (`vrprobe.analyses.grounding`: where attention falls, example images) and a verdict from those numbers.
 
 Sign convention (stated once): sharpness is measured as attention entropy (lower = sharper); the correlations use
 `sharp` = −sharpness_norm, so that higher = sharper, to read like the seed paper.
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vrprobe.analyses import grounding
 from vrprobe.analyses.band import AUTO_GROUPS, auto_band, band_edits, corrupt_batch, layer_sigmas
 from vrprobe.analyses.controls import DEFINITIONS as CONTROL_DEFINITIONS
 from vrprobe.analyses.controls import controls_verdict, run_controls
@@ -69,6 +70,7 @@ DEFINITIONS = {
     f"normalised entropy by less than {FOCUS_TOLERANCE}",
     "head_sharpness": "r(sharp, correct) and r(sharp, overconfidence) for every layer and head (and layer mean), "
     "Benjamini-Hochberg q over that family; a head predicts correctness when q < 0.05 and r > 0",
+    **grounding.DEFINITIONS,
     **RELIABILITY_DEFINITIONS,
     **CONTROL_DEFINITIONS,
     **{
@@ -118,6 +120,7 @@ def signal_stats(records: Sequence[dict[str, Any]], cfg: StudyConfig) -> dict[st
         "r_sharpness_accuracy": correlation(sharp, correct, "pointbiserial", **kw).to_dict(),
         "r_sharpness_overconfidence": correlation(sharp, over, "pearson", **kw).to_dict(),
         "r_confidence_accuracy": correlation(conf, correct, "pointbiserial", **kw).to_dict(),
+        "r_sharpness_confidence": correlation(sharp, conf, "pearson", **kw).to_dict(),
     }
 
 
@@ -226,6 +229,7 @@ def study_batch(
             "band_accuracy": b["accuracy"],
             "band_sharpness": b["sharpness"],
             "n_image_tokens": int(batch.groups.image[j].sum()),
+            **{k: r[k] for k in grounding.GROUNDED_KEYS if r.get(k) is not None},
         }
         for j, (index, r, b, rel) in enumerate(zip(indices, clean, banded, reliability, strict=True))
     ]
@@ -274,8 +278,11 @@ def table_row(
     }
     heads = head_sharpness(recs, ALPHA)
     row["head_sharpness"] = {k: v for k, v in heads.items() if k != "cells"}
+    row |= grounding.sharpness_bins(recs, cfg.n_boot, cfg.seed)
+    row |= grounding.grounded_stats(recs, heads["cells"], cfg.n_boot, cfg.seed)
     n_image = int(recs[0]["n_image_tokens"])
     row["verdict"] = {**verdict(row, n_image), **reliability_verdict(row), **controls_verdict(controls, n_image)}
+    row["verdict"] |= grounding.answer_verdict(row)
     row["verdict"]["heads_predicting_correctness"] = heads["predicts_correctness"]
     row["verdict"]["heads_going_with_errors"] = heads["goes_with_errors"]
     row["heads"] = heads["cells"]
@@ -287,10 +294,14 @@ def run_study(
     run: RunDir | None = None,
     progress: Progress | None = None,
     loaded: Mapping[str, Adapter] | None = None,
+    loaded_data: Mapping[str, Dataset] | None = None,
 ) -> StudyResult:
     """Run (or resume, when `run` already holds results) the whole study; see the module docstring. A model in
-    `loaded` (spec -> adapter loaded with `cfg.load_options`) is used as it is; every other spec is loaded."""
-    datasets = [load_dataset(spec, limit=cfg.limit, seed=cfg.seed) for spec in cfg.data]
+    `loaded` (spec -> adapter loaded with `cfg.load_options`) is used as it is; every other spec is loaded. Likewise
+    a dataset in `loaded_data` (spec -> `Dataset`, taken as it is: `cfg.limit` is not applied to it)."""
+    given = loaded_data or {}
+    datasets = [given[s] if s in given else load_dataset(s, limit=cfg.limit, seed=cfg.seed) for s in cfg.data]
+    by_spec = {d.spec: d for d in datasets}
     bands = {b["model"]: b for b in (run.read("bands") if run else [])}
     controls = {c["model"]: c for c in (run.read("controls") if run else [])}
     done = run.done(("model", "data", "sample_id")) if run else set()
@@ -365,7 +376,7 @@ def run_study(
         for data in cfg.data:
             recs = [r for r in records if r["model"] == spec and r["data"] == data]
             row = table_row(spec, facts[spec], data, recs, bands[spec], cfg, probes[spec]["layer"], decoded[spec])
-            table.append(row)
+            table.append(row | grounding.pope_stats(recs, by_spec[data]))
     heads = {f"{row['model']} · {row['data']}": row.pop("heads") for row in table}
     traces = {
         m: {"sigma": b["sigma"], "n": b["n"], "grid": json.loads(b["grid"]), "band": [b["band_a"], b["band_b"]]}
@@ -382,6 +393,7 @@ def run_study(
         "heads": heads,
         "definitions": DEFINITIONS,
         "verdict": {f"{row['model']} · {row['data']}": row["verdict"] for row in table},
+        "examples": grounding.save_examples(records, by_spec, cfg.models, run),
     }
     if run:
         run.write_json("summary.json", summary)

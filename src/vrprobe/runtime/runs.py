@@ -198,6 +198,18 @@ class RunDir:
         with self._writing(self.path / name):
             write_json(self.path / name, obj)
 
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write `data` to `name`, a path inside the run folder (e.g. `examples/a.png`; its folders are created),
+        atomically like every other file; a name that is absolute or climbs out with `..` is a ValueError."""
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise ValueError(f"write_bytes needs a path inside the run folder, got {name!r}")
+        self._ensure()
+        path = self.path / relative
+        with self._writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data)
+
 
 def run_config(command: str, model: str, options: LoadOptions, **fields: Any) -> dict[str, Any]:
     """What identifies a run in its manifest (the same config resumes it): the command, the model's spec, the
