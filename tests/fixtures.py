@@ -251,3 +251,220 @@ def write_parquet(root: Path, kind: str, n: int = 12, split: str | None = None) 
         else:
             datasets.Dataset.from_list(chunk, features=features).to_parquet(str(target))
     return root
+
+
+# --- GQA and POPE (official layouts) and COCO instances, with target boxes -------------------------------------------
+
+BAD_BOXES = ("negative", "outside", "zero", "missing")
+"""What `write_gqa` / `write_pope` break in the first item's target: a negative width, a box beyond the image, a zero
+width, or the annotated object (GQA) / the asked object's instances (POPE) removed."""
+
+POPE_CATEGORIES = ({"id": 1, "name": "person"}, {"id": 2, "name": "circle"}, {"id": 3, "name": "rectangle"})
+POPE_CATEGORIES += ({"id": 4, "name": "triangle"},)
+
+
+@cache
+def shape_box(image_id: int) -> tuple[int, int, int, int]:
+    """The tight box `(x, y, w, h)` of the one shape in an easy-VQA test image: pixels that differ from the corner."""
+    import numpy as np
+
+    with Image.open(image_path(image_id)) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.int64)
+    ys, xs = np.nonzero(np.abs(a - a[0, 0]).sum(-1) > 0)
+    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+def break_box(box: dict, bad: str | None) -> None:
+    """Corrupt a dict with keys x, y, w, h in place as `bad` says (see `BAD_BOXES`; "missing" is the caller's)."""
+    if bad == "negative":
+        box["w"] = -5
+    elif bad == "outside":
+        box["x"] = 70
+    elif bad == "zero":
+        box["w"] = 0
+
+
+def gqa_image_id(image_id: int) -> str:
+    return f"23{image_id:05d}"
+
+
+def gqa_entry(k: int, gid: str, color: str, shape: str) -> dict:
+    """One GQA question on image `gid` (object ids `{gid}1` the shape, `{gid}2` the floor), of kind k % 4."""
+    obj, floor = f"{gid}1", f"{gid}2"
+    kind = k % 4
+    if kind == 0:
+        text, answer, full = f"What color is the {shape}?", color, f"The {shape} is {color}."
+        ann = {"question": {"3": obj}, "answer": {}, "fullAnswer": {"1": obj}}
+        types = {"structural": "query", "semantic": "attr", "detailed": "color"}
+    elif kind == 1:
+        text, answer, full = f"Is there a {shape} on the floor?", "yes", f"Yes, there is a {shape} on the floor."
+        ann = {"question": {"3": obj, "6": floor}, "answer": {}, "fullAnswer": {"4": obj, "7": floor}}
+        types = {"structural": "verify", "semantic": "rel", "detailed": "existRelS"}
+    elif kind == 2:
+        text, answer, full = f"Which shape is {color}?", shape, f"The {color} shape is a {shape}."
+        ann = {"question": {"1:3": obj}, "answer": {"0": obj}, "fullAnswer": {"1:3": obj}}
+        types = {"structural": "query", "semantic": "cat", "detailed": "categoryThis"}
+    else:
+        text, answer, full = "Is the background plain or patterned?", "plain", "The background is plain."
+        ann = {"question": {}, "answer": {}, "fullAnswer": {}}
+        types = {"structural": "choose", "semantic": "global", "detailed": "chooseGlobal"}
+    return {
+        "imageId": gid,
+        "question": text,
+        "answer": answer,
+        "fullAnswer": full,
+        "annotations": ann,
+        "types": types,
+        "isBalanced": True,
+        "entailed": [],
+        "equivalent": [],
+        "groups": {"global": None, "local": None},
+        "semantic": [],
+        "semanticStr": "",
+    }
+
+
+def write_gqa(root: Path, n: int = 8, split: str = "val", scene_graphs: bool = True, bad: str | None = None) -> Path:
+    """GQA's official layout: `{split}_balanced_questions.json`, `{split}_sceneGraphs.json` (unless `scene_graphs` is
+    False, as for testdev) and `images/{imageId}.jpg`, one question per easy-VQA image (kinds cycle: color query on
+    the shape; verify shape and floor; category query; a global choose question naming no object).
+
+    Each scene graph (64×64) holds the shape (`{gid}1`, its tight box), the floor (`{gid}2`: x 0, y 48, w 65, h 16,
+    one pixel past the right edge: clipped to w 64) and a wall (`{gid}3`, never annotated). Question ids are
+    `{1000 + k:08d}` (leading zeros). `bad` (see `BAD_BOXES`) breaks the first question's shape object."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    questions, graphs = {}, {}
+    for k, (image_id, color, shape) in enumerate(easy_images()[:n]):
+        gid = gqa_image_id(image_id)
+        x, y, w, h = shape_box(image_id)
+        objects = {
+            f"{gid}1": {"name": shape, "x": x, "y": y, "w": w, "h": h, "attributes": [color], "relations": []},
+            f"{gid}2": {"name": "floor", "x": 0, "y": 48, "w": 65, "h": 16, "attributes": [], "relations": []},
+            f"{gid}3": {"name": "wall", "x": 0, "y": 0, "w": 64, "h": 16, "attributes": [], "relations": []},
+        }
+        if k == 0 and bad == "missing":
+            del objects[f"{gid}1"]
+        elif k == 0:
+            break_box(objects[f"{gid}1"], bad)
+        graphs[gid] = {"width": 64, "height": 64, "location": "", "weather": "", "objects": objects}
+        questions[f"{1000 + k:08d}"] = gqa_entry(k, gid, color, shape)
+        (root / "images" / f"{gid}.jpg").write_bytes(jpeg_bytes(image_id))
+    (root / f"{split}_balanced_questions.json").write_text(json.dumps(questions))
+    if scene_graphs:
+        (root / f"{split}_sceneGraphs.json").write_text(json.dumps(graphs))
+    return root
+
+
+def pope_rows(n: int, split: str = "random") -> list[dict]:
+    """POPE questions on the first `n` easy-VQA images: per image "Is there a {its shape} in the image?" (yes), then
+    "Is there a {another shape} in the image?" (no; which other shape depends on the split). Ids count from 1."""
+    shapes = ("circle", "rectangle", "triangle")
+    offset = {"random": 1, "popular": 2, "adversarial": 1}[split]
+    rows = []
+    for image_id, _, shape in easy_images()[:n]:
+        other = shapes[(shapes.index(shape) + offset) % 3]
+        for obj, label in ((shape, "yes"), (other, "no")):
+            rows.append(
+                {
+                    "question_id": len(rows) + 1,
+                    "image": coco_name("val2014", image_id),
+                    "text": f"Is there a {obj} in the image?",
+                    "label": label,
+                }
+            )
+    return rows
+
+
+def coco_instances(n: int, bad: str | None = None) -> dict:
+    """A COCO `instances_val2014.json` for the first `n` easy-VQA images (64×64): each shape's tight box under its
+    category (ids in `POPE_CATEGORIES`); the second image also has a second instance [0, 0, 8, 8] of its shape, the
+    third a "person" [40, 40, 10, 10]. `bad` (see `BAD_BOXES`) breaks or removes the first image's shape instance."""
+    ids = {c["name"]: c["id"] for c in POPE_CATEGORIES}
+    images, annotations = [], []
+    for k, (image_id, _, shape) in enumerate(easy_images()[:n]):
+        images.append({"id": image_id, "width": 64, "height": 64, "file_name": coco_name("val2014", image_id)})
+        boxes = [(shape, [float(v) for v in shape_box(image_id)])]
+        if k == 1:
+            boxes.append((shape, [0.0, 0.0, 8.0, 8.0]))
+        if k == 2:
+            boxes.append(("person", [40.0, 40.0, 10.0, 10.0]))
+        for j, (name, bbox) in enumerate(boxes):
+            if k == 0 and j == 0 and bad == "missing":
+                continue
+            if k == 0 and j == 0:
+                box = dict(zip("xywh", bbox, strict=True))
+                break_box(box, bad)
+                bbox = [box[c] for c in "xywh"]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": ids[name],
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{**c, "supercategory": "shape"} for c in POPE_CATEGORIES]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def write_pope(
+    root: Path,
+    n: int = 6,
+    split: str = "random",
+    images: str = "val2014",
+    instances: str | None = "annotations",
+    labels: bool = True,
+    bad: str | None = None,
+) -> Path:
+    """POPE's original layout: `coco_pope_{split}.json` (JSON lines, 2 questions per image, see `pope_rows`), the
+    COCO-named JPEGs in `root/{images}` ("" = root itself), and `instances_val2014.json` in `root/{instances}`
+    ("" = root itself; None: no instances file). `labels=False` drops every "label"; `bad` breaks the first box."""
+    root = Path(root)
+    image_dir = root / images
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rows = pope_rows(n, split)
+    if not labels:
+        rows = [{k: v for k, v in r.items() if k != "label"} for r in rows]
+    (root / f"coco_pope_{split}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for image_id, _, _ in easy_images()[:n]:
+        (image_dir / coco_name("val2014", image_id)).write_bytes(jpeg_bytes(image_id))
+    if instances is not None:
+        (root / instances).mkdir(parents=True, exist_ok=True)
+        (root / instances / "instances_val2014.json").write_text(json.dumps(coco_instances(n, bad)))
+    return root
+
+
+def write_pope_parquet(root: Path, n: int = 6, instances: bool = True, labels: bool = True) -> Path:
+    """The lmms-lab POPE export: `root/data/test-0000k-of-00002.parquet` with columns `id`, `question_id` (string),
+    `question`, `answer`, `image_source`, `image` and `category`, the three splits' rows (`pope_rows`) one after the
+    other; `instances_val2014.json` in `root` unless `instances` is False; `labels=False` drops the `answer` column."""
+    import datasets
+
+    root = Path(root)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split in ("adversarial", "popular", "random"):
+        for r in pope_rows(n, split):
+            image_id = int(r["image"][-16:-4])
+            row = {
+                "id": str(len(rows)),
+                "question_id": str(r["question_id"]),
+                "question": r["text"],
+                "answer": r["label"],
+                "image_source": r["image"].removesuffix(".jpg"),
+                "image": {"bytes": jpeg_bytes(image_id), "path": None},
+                "category": split,
+            }
+            if not labels:
+                del row["answer"]
+            rows.append(row)
+    half = (len(rows) + 1) // 2
+    for part, chunk in enumerate((rows[:half], rows[half:])):
+        target = root / "data" / f"test-{part:05d}-of-00002.parquet"
+        datasets.Dataset.from_list(chunk).cast_column("image", datasets.Image()).to_parquet(str(target))
+    if instances:
+        (root / "instances_val2014.json").write_text(json.dumps(coco_instances(n)))
+    return root

@@ -25,6 +25,7 @@ from vrprobe.analyses.proxies import AttributeResult, ProbeResult, attribute, pr
 from vrprobe.analyses.study import StudyConfig, StudyResult, run_study
 from vrprobe.data import load_dataset, stratified_subset
 from vrprobe.errors import UsageError
+from vrprobe.metrics.pope import POPE_DEFINITIONS, pope_summary
 from vrprobe.models import Adapter
 from vrprobe.registry import as_adapter, check_model, model_ref
 from vrprobe.runtime import devices
@@ -120,15 +121,17 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     size = choose_batch_size(adapter, dataset.samples, batch_size)
     used = run_batches(dataset.samples, size, work, done=done, progress=progress, stage=f"eval {spec}")
     records = sorted(run.read() if run else records, key=lambda r: r["index"])
+    pope = pope_summary(records, [s.meta.get("benchmark") for s in dataset.samples])  # {} unless POPE
     summary = {
         **summarize(records),
+        **pope,
         "model": _model_facts(spec, adapter),
         "data": data,
         "limit": limit,
         "seed": seed,
         "image_ablation": image_ablation,
         "batch_size": {"requested": batch_size, "chosen": size, "used": used},
-        "definitions": EVAL_DEFINITIONS,
+        "definitions": {**EVAL_DEFINITIONS, **POPE_DEFINITIONS} if pope else EVAL_DEFINITIONS,
     }
     _finish(run, summary, make_report)
     return EvalResult(records=records, summary=summary, out=run.path if run else None)

@@ -12,8 +12,13 @@ Grammar, optionally followed by `?OPTION=VALUE[&OPTION=VALUE]` image shifts (see
   `SPLIT` sub-folder). A folder is read as JSON when it holds the JSON layout's questions file (`problems.json` for
   ScienceQA), as parquet when it holds `.parquet` files instead. The last `:` starts SPLIT unless what follows it
   contains a path separator.
+- `gqa:PATH[:SPLIT]`: GQA in its official layout (`vrprobe.data.gqa`: `{SPLIT}_balanced_questions.json`, optional
+  `{SPLIT}_sceneGraphs.json`, `images/`; SPLIT defaults to `val`), open-ended, boxes from the scene graphs.
+- `pope:PATH[:SPLIT]`: POPE, SPLIT `random` (default), `popular` or `adversarial` (`vrprobe.data.pope`): the
+  JSON-lines `coco_pope_{SPLIT}.json` with COCO val2014 images, or the lmms-lab parquet export; yes/no, boxes of the
+  asked object from `instances_val2014.json` when it is in PATH or `PATH/annotations/`.
 
-Known names: `easy-vqa`, `vqav2`, `okvqa`, `scienceqa`.
+Known names: `easy-vqa`, `vqav2`, `okvqa`, `scienceqa`, `gqa`, `pope`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from PIL import Image
 
 from vrprobe import checks
 from vrprobe.data.easy_vqa import load_easy_vqa
+from vrprobe.data.gqa import load_gqa
 from vrprobe.data.parquet import is_parquet_source, load_parquet
+from vrprobe.data.pope import load_pope
 from vrprobe.data.sample import Sample
 from vrprobe.data.scienceqa import load_scienceqa
 from vrprobe.data.shift import parse_shifts, shift_images
@@ -36,7 +43,16 @@ from vrprobe.data.vqa import load_okvqa, load_vqav2
 from vrprobe.errors import UsageError, VrprobeError
 
 IMAGE_ABLATIONS = ("blank",)
-KNOWN = ("easy-vqa:SPLIT", "easy-vqa:DIR:SPLIT", "vqav2:PATH[:SPLIT]", "okvqa:PATH[:SPLIT]", "scienceqa:PATH[:SPLIT]")
+KNOWN = (
+    "easy-vqa:SPLIT",
+    "easy-vqa:DIR:SPLIT",
+    "vqav2:PATH[:SPLIT]",
+    "okvqa:PATH[:SPLIT]",
+    "scienceqa:PATH[:SPLIT]",
+    "gqa:PATH[:SPLIT]",
+    "pope:PATH[:SPLIT]",
+)
+GROUNDED_LOADERS = {"gqa": load_gqa, "pope": load_pope}
 JSON_LOADERS = {"vqav2": load_vqav2, "okvqa": load_okvqa, "scienceqa": load_scienceqa}
 JSON_MARKERS = {
     "vqav2": "v2_OpenEnded_mscoco_*_questions.json",
@@ -81,6 +97,8 @@ def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ab
             raise UsageError("easy-vqa spec is easy-vqa:SPLIT or easy-vqa:DIR:SPLIT (SPLIT: train or test)")
     elif name in JSON_LOADERS:
         samples = load_benchmark(name, rest)
+    elif name in GROUNDED_LOADERS:
+        samples = GROUNDED_LOADERS[name](*path_and_split(name, rest))
     else:
         raise UsageError(f"unknown dataset '{name}' in spec '{spec}' (known: {', '.join(KNOWN)})")
     if not samples:
@@ -96,6 +114,17 @@ def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ab
 
 def load_benchmark(name: str, rest: str) -> list[Sample]:
     """`vqav2`, `okvqa` or `scienceqa` from `PATH[:SPLIT]` (the part of the spec after `NAME:`), JSON or parquet."""
+    path, split = path_and_split(name, rest)
+    json_layout = path.is_dir() and next(path.glob(JSON_MARKERS[name]), None) is not None
+    if not json_layout and is_parquet_source(path):
+        return load_parquet(path, name, split or None)
+    return JSON_LOADERS[name](path, split) if split else JSON_LOADERS[name](path)
+
+
+def path_and_split(name: str, rest: str) -> tuple[Path, str | None]:
+    """`PATH[:SPLIT]` (the part of the spec after `NAME:`) → (existing path, SPLIT or None for the loader's default).
+
+    The last `:` starts SPLIT unless what follows it contains a path separator."""
     path_text, sep, split = rest.rpartition(":")
     if not sep or "/" in split or "\\" in split:
         path_text, split = rest, ""
@@ -104,10 +133,7 @@ def load_benchmark(name: str, rest: str) -> list[Sample]:
     path = Path(path_text).expanduser()
     if not path.exists():
         raise VrprobeError(f"dataset path not found: {path}")
-    json_layout = path.is_dir() and next(path.glob(JSON_MARKERS[name]), None) is not None
-    if not json_layout and is_parquet_source(path):
-        return load_parquet(path, name, split or None)
-    return JSON_LOADERS[name](path, split) if split else JSON_LOADERS[name](path)
+    return path, split or None
 
 
 def stratified_subset(samples: list[Sample], n: int, seed: int = 0) -> list[Sample]:
