@@ -284,6 +284,10 @@ def test_pope_parquet(tmp_path, split):
             r.meta,
         )
         assert s.load_image().size == (64, 64)
+    one_file = root / "data" / "test-00000-of-00002.parquet"  # 9 of the 18 rows: 6 adversarial, 3 popular
+    with pytest.warns(DataWarning, match="no instances_val2014.json"):  # looked up next to the file
+        single = load_dataset(f"pope:{one_file}:adversarial").samples
+    assert [s.id for s in single] == [f"pope-adversarial-{i}" for i in range(1, 7)] and single[0].boxes is None
     no_answers = write_pope_parquet(tmp_path / "unlabelled", n=2, labels=False)
     with pytest.raises(VrprobeError, match="no 'answer' column .*needs labels"):
         load_dataset(f"pope:{no_answers}")
