@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from vrprobe.errors import UsageError, VrprobeError
+from vrprobe.models import geometry
 from vrprobe.models.batch import (  # noqa: F401  (re-exported: the names every module imports from here)
     DROP_KEYS,
     GROUPS,
@@ -249,6 +250,15 @@ class Adapter:
 
     def encode(self, images: Sequence[Image.Image], questions: Sequence[str]) -> Batch:
         return self.collate([self.encode_one(im, q) for im, q in zip(images, questions, strict=True)])
+
+    # ---- image regions -------------------------------------------------------------------------------------
+    def image_geometry(self, item: Encoded) -> geometry.ImageGeometry:
+        """The original-image rectangle each image token of `item` covers, in `input_ids` order, and the token grid
+        when there is one (`vrprobe.models.geometry`: the rule per model type). Raises `VrprobeError` for a model
+        type whose processor geometry vrprobe does not follow, or an item encoded without its image size."""
+        if item.image_size is None:
+            raise VrprobeError(f"{self.name}: the encoded sample has no image size, so no image regions")
+        return geometry.image_geometry(self.processor, self.model.config, item.inputs, item.image_size)
 
     # ---- running and scoring -------------------------------------------------------------------------------
     def image_feature_kwargs(self) -> dict[str, Any]:
