@@ -206,3 +206,51 @@ def test_show_without_a_table_fits(tmp_path, monkeypatch):
     )
     text = _show(monkeypatch, "60", str(tmp_path))
     assert "accuracy: 0.75" in text and all(len(line) <= 60 for line in text.splitlines())
+
+
+def _grounded(names) -> dict:
+    """`_summary(names)` with the grounded keys a study writes for a dataset with boxes (numbers by hand)."""
+    summary = _summary(names)
+    for k, row in enumerate(summary["table"]):
+        row["r_sharpness_confidence"] = _r(0.31, 0.12, 0.48, 0.002)
+        row["r_on_target_correct"] = _r(-0.2512, -0.4031, -0.0987, 0.004)
+        row["r_on_target_overconfidence"] = _r(0.05, -0.1, 0.2)
+        row["pointing_accuracy"] = {"value": 0.6125 + 0.01 * k, "ci": [0.5012, 0.7133], "n": 40}
+        row["auroc_on_target"] = {"value": 0.4211, "ci": [0.3, 0.55], "n": 40}
+        row["looks_right_wrong"] = {
+            "error_rate": 0.25,
+            "ci": [0.05, 0.5],
+            "n": 12,
+            "overall_error_rate": 0.075,
+            "overall_ci": [0.0, 0.15],
+            "overall_n": 40,
+        }
+        terciles = [{"value": 0.1 * (j + 1), "ci": [0.0, 0.5], "n": 13, "range": [0.1, 0.2]} for j in range(3)]
+        row["ece_by_sharpness"] = row["confident_error_rate_by_sharpness"] = terciles
+        row["verdict"]["sharpness_predicts_reliability"] = {
+            "status": "not resolved",
+            **{k: v for k, v in row["r_sharpness_accuracy"].items() if k in ("r", "ci", "p")},
+        }
+        row["verdict"]["looking_right_predicts_reliability"] = {"status": "contradicted", "r": -0.2512}
+        row["verdict"]["looking_right_predicts_reliability"] |= {"ci": [-0.4031, -0.0987], "p": 0.004}
+    return summary
+
+
+@pytest.mark.parametrize("names", [ZOO, LONG], ids=["zoo-names", "long-names"])
+@pytest.mark.parametrize("width", [120, 80])
+def test_grounded_numbers_fit_the_width(names, width, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps(_grounded(names)))
+    default = _show(monkeypatch, str(width), str(out))
+    every = _show(monkeypatch, str(width), str(out), "--all")
+    for text in (default, every):
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert "  sharpness predicts reliability: not resolved, r -0.16 [-0.39, +0.00]" in text
+        assert "  looking right predicts reliability: contradicted, r -0.25 [-0.40, -0.10]" in text
+    # pointing accuracy joins the default view only where the key columns stay one table
+    header = [line for line in default.splitlines() if line.startswith("model ")]
+    assert ("pointing" in default) == (len(header) == 1 and header[0].split()[-1] == "pointing")
+    assert ("pointing" in default) == (width == 120 and names == ZOO)
+    assert "0.61 [0.50, 0.71]" in every and "0.250 vs 0.0750" in every and "0.100/0.200/0.300" in every
+    assert "r(on target, acc)" in every and "r(on target, acc)" not in default

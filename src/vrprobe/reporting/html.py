@@ -20,6 +20,8 @@ import jinja2
 from vrprobe.errors import VrprobeError
 from vrprobe.metrics.stats import ALPHA
 from vrprobe.reporting import flow
+from vrprobe.reporting.grounding import definitions as grounding_definitions
+from vrprobe.reporting.grounding import grounding_sections, looks_right_text
 from vrprobe.reporting.sections import (
     SIGNALS,
     Column,
@@ -32,7 +34,7 @@ from vrprobe.reporting.sections import (
     significant,
     trace_plot,
 )
-from vrprobe.reporting.tables import cell_value, p_value, params, r_interval, sig3
+from vrprobe.reporting.tables import HALVES, cell_value, p_value, params, r_interval, sig3, value_interval
 from vrprobe.runtime.runs import atomic_write, read_records
 
 #: the study table's columns after model, params and data: key, header, tooltip
@@ -47,6 +49,28 @@ COLUMNS = (
     ("band", "band", "circuit band (layers) from causal tracing"),
     ("drop", "accuracy drop", "accuracy(clean) − accuracy(band corrupted), relative in brackets"),
     ("entropy", "entropy clean → band", "mean attention entropy (nats), clean → band corrupted"),
+)
+
+#: the grounding table's columns after model and data, each where some row holds it: key, header, tooltip
+GROUNDED_COLUMNS = (
+    ("n_grounded", "n with boxes", "samples with target boxes (every grounded number uses only these)"),
+    ("pointing_accuracy", "pointing acc.", "fraction of samples whose most-attended token cell overlaps a target box"),
+    ("r_on_target_correct", "r(on target, correct)", "does attention on the target go with correct answers?"),
+    (
+        "r_on_target_overconfidence",
+        "r(on target, overconfidence)",
+        "does attention on the target go with overconfidence?",
+    ),
+    ("auroc_on_target", "AUROC on target", "attention on target as a predictor of correctness (0.5 = chance)"),
+    (
+        "looks_right_wrong",
+        "error: looks right vs all",
+        "error rate among samples whose attention is sharp (lowest entropy tercile) and on target, vs overall",
+    ),
+    ("mean_attention_lift", "mean lift", "attention on target ÷ target area (1 = no better than uniform)"),
+    ("r_sharpness_confidence", "r(sharp, confidence)", "does sharper attention go with higher confidence?"),
+    ("precision", "POPE P / R / F1", "POPE's precision, recall and F1, 'yes' the positive class"),
+    ("yes_ratio", "yes ratio", "POPE: share of answers that are yes"),
 )
 
 VERDICT_HEADER = (
@@ -101,6 +125,44 @@ def _data_cell(spec: str) -> Cell:
     base, _, query = spec.partition("?")
     tag = "shifted" if query else "clean"
     return Cell(base, f"{query} ({tag})" if query else tag, cls=f"l data {tag}")
+
+
+def _grounded_cell(key: str, row: dict[str, Any]) -> Cell:
+    """A grounding-table cell: a value, then its interval below (and its n where not the row's n with boxes); 'n/a'
+    where the row has none."""
+    cell = row.get(key)
+    if key == "looks_right_wrong":
+        first, second = looks_right_text(cell)
+        return Cell(first, second)
+    if key.startswith("r_"):
+        return _r_cell(cell or {})
+    if key == "precision":
+        return Cell(" / ".join(sig3(row.get(k)) for k in ("precision", "recall", "f1")), cls="nowrap")
+    if not isinstance(cell, dict):
+        return Cell(cell_value(cell))
+    if cell.get("value", cell.get("auroc")) is None:
+        return Cell("n/a")
+    text, _, ci = value_interval(cell).partition(" ")
+    n = cell.get("n")
+    return Cell(text, ci if n is None or n == row.get("n_grounded") else f"{ci}, n = {n}", cls="nowrap")
+
+
+def _grounding_table(table: Sequence[dict[str, Any]]) -> tuple[list[Cell], list[list[Cell]]]:
+    """The grounding table (header, rows): model, data and the GROUNDED_COLUMNS some row holds; ([], []) when no row
+    holds any of them (an older run)."""
+    columns = [c for c in GROUNDED_COLUMNS if any(c[0] in row for row in table)]
+    if not columns:
+        return [], []
+    header = [Cell("model", cls="l"), Cell("data", cls="l"), *(Cell(h, title=t) for _, h, t in columns)]
+    rows = [
+        [
+            Cell(row["model"], cls="l model", rowspan=span),
+            _data_cell(row["data"]),
+            *(_grounded_cell(key, row) for key, _, _ in columns),
+        ]
+        for row, span in zip(table, _spans(table), strict=True)
+    ]
+    return header, rows
 
 
 def _study_rows(table: Sequence[dict[str, Any]]) -> list[list[Cell]]:
@@ -159,6 +221,14 @@ def _verdict(table: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, str]], li
                 + ("." if beats else ": it does not beat confidence."),
             )
         )
+    halves = [(key, label) for key, label in HALVES if any(key in v for v in verdicts)]
+    for key, label in halves:
+        found = [v[key]["status"] for v in verdicts if key in v]
+        counts = "; ".join(f"{st} in {found.count(st)}" for st in dict.fromkeys(found))
+        cells = "cells" if len(found) == n else "cells with target boxes"
+        source = {"sharpness_predicts_reliability": "r(sharp, correct)"}.get(key, "r(on target, correct)")
+        text = f"{counts} of {len(found)} {cells}, judged by {source}."
+        headline.append((f"Does {label.replace(' predicts ', ' predict ')}?", text[:1].upper() + text[1:]))
     rows = []
     for row, v, (st, _, _), span in zip(table, verdicts, status, _spans(table), strict=True):
         key = "r_confidence_accuracy" if v["stronger_signal"] == "confidence" else "r_sharpness_accuracy"
@@ -173,9 +243,18 @@ def _verdict(table: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, str]], li
                 Cell(f"{v['stronger_signal']} ({'n/a' if r is None else f'{r:+.2f}'.replace('-', '−')})", cls="l"),
                 Cell(st, cls=f"l status {st.replace(' ', '-')}"),
                 Cell(f"{focus} (Δ {_signed(shift)}, accuracy {_signed(-row['drop_abs'])})", cls="l"),
+                *(_half_cell(v.get(key)) for key, _ in halves),
             ]
         )
     return headline, rows
+
+
+def _half_cell(half: dict[str, Any] | None) -> Cell:
+    """One half of the grounded verdict: its status, then r [95% CI] and p below; 'n/a' where the cell has none."""
+    if not half:
+        return Cell("n/a", cls="l")
+    st = str(half.get("status", "n/a"))
+    return Cell(st, f"r {r_interval(half, digits=2)}, p = {p_value(half.get('p'))}", f"l status {st.replace(' ', '-')}")
 
 
 def _single(
@@ -236,15 +315,25 @@ def render(out: Path) -> str:
         page["overview"] = overview(table)
         page["auroc_overview"] = auroc_overview(table)
         page["verdict_header"] = [Cell(h, cls="l") for h in VERDICT_HEADER]
+        page["verdict_header"] += [
+            Cell(label, cls="l") for key, label in HALVES if any(key in r.get("verdict", {}) for r in table)
+        ]
         page["header"] = [Cell("model", cls="l"), Cell("params"), Cell("data", cls="l")]
         page["header"] += [Cell(h, title=t) for _, h, t in COLUMNS]
         page["rows"] = _study_rows(table)
+        page["grounding_header"], page["grounding_rows"] = _grounding_table(table)
         page["sections"] = model_sections(summary, records)
+        page["grounding"] = grounding_sections(summary, out)
+        page["grounding_definitions"] = grounding_definitions(summary) if page["grounding"] else []
     else:
         command = manifest.get("config", {}).get("command", "run")
         model = summary.get("model", {}).get("spec", "")
         page["subtitle"] = f"vrprobe {command} · {model} on {summary.get('data', '')}"
         page["header"], page["rows"], page["sections"] = _single(summary, records)
+        page["grounding"], page["grounding_definitions"] = [], []
+        page["grounding_header"], page["grounding_rows"] = [], []
+    halves = len(page.get("verdict_header", ())) > len(VERDICT_HEADER)
+    page["grounded"] = bool(page["grounding"] or page["grounding_rows"] or halves)  # the grounded styles
     page["definitions"] = [(k, str(v)) for k, v in summary.get("definitions", {}).items()]
     page["manifest"] = json.dumps(manifest, indent=2)
     return _environment().get_template("report.html.j2").render(**page)

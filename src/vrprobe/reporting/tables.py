@@ -4,10 +4,13 @@ out.
 
 `sig3(x)` three significant digits, `params(n)` 1.47M, `p_value(p)` compact p, `signed(x)` +0.163,
 `cell_value(v)` any summary value (a band as 3–5), `r_interval(cell)` +0.123 [+0.05, +0.19],
-`integration_text(layers)`, `auroc_interval_text(row, signal)`, `heads_text(names, cells, n)` a count and the top few
-heads; `Column` one terminal column (header, cell text per row): `KEY_COLUMNS` the study table's default ones,
-`MORE_COLUMNS` the others, `RELIABILITY_COLUMNS` the held-out reliability signals; `verdict_lines(rows, width, heads)`
-one short line per question asked, each within `width`; `wrap(text, width)` word wrapping that never breaks a name or
+`value_interval(cell)` 0.62 [0.41, 0.80], `integration_text(layers)`, `auroc_interval_text(row, signal)`,
+`heads_text(names, cells, n)` a count and the top few heads; `Column` one terminal column (header, cell text per row,
+the key it needs): `KEY_COLUMNS` the study table's default ones (`POINTING_COLUMN` beside them where it fits),
+`MORE_COLUMNS` the others, `RELIABILITY_COLUMNS` the
+held-out reliability signals, `GROUNDING_COLUMNS` the grounded numbers, `shown(columns, rows)` those some row can fill;
+`verdict_lines(rows, width, heads)` one short line per question asked (`HALVES`: the grounded question's two), each
+within `width`; `wrap(text, width)` word wrapping that never breaks a name or
 a number group.
 """
 
@@ -85,6 +88,18 @@ def r_interval(cell: dict[str, Any], digits: int = 3) -> str:
     return f"{signed(cell['r'], digits)} [{bounds}]"
 
 
+def value_interval(cell: dict[str, Any] | None, digits: int = 2, only_ci: bool = False) -> str:
+    """'0.62 [0.41, 0.80]': a summary value cell's `value` and its 95% interval `ci` (to `digits` decimals; an AUROC
+    cell may name its value `auroc`); '[0.41, 0.80]' with `only_ci`; 'n/a' for a missing value or bound."""
+    cell = cell or {}
+    value = cell.get("value", cell.get("auroc"))
+    lo, hi = cell.get("ci") or (None, None)
+    bounds = "[" + ", ".join("n/a" if b is None else f"{b:.{digits}f}" for b in (lo, hi)) + "]"
+    if only_ci:
+        return bounds
+    return "n/a" if value is None else f"{value:.{digits}f} {bounds}"
+
+
 def integration_text(layers: dict[str, Any] | None) -> str:
     """'i→q 0-1 (to 5-6); i→l 0-1 (to 1-2)': per image edge the knockout window that hurts most and the deepest one
     whose interval excludes 0; 'n/a' when not measured."""
@@ -113,6 +128,12 @@ class Column:
     header: str
     cell: Callable[[dict[str, Any]], str]
     left: bool = False
+    needs: str = ""
+
+
+def shown(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> list[Column]:
+    """`columns` without those that need a key (`Column.needs`) no row holds: an older run, or data without boxes."""
+    return [c for c in columns if not c.needs or any(c.needs in row for row in rows)]
 
 
 def _band(row: dict[str, Any]) -> str:
@@ -127,6 +148,10 @@ KEY_COLUMNS = (
     Column("ECE", lambda row: f"{row['ece']:.3f}"),
     Column("r(sharp, acc)", lambda row: r_interval(row["r_sharpness_accuracy"], digits=2)),
     Column("drop", lambda row: f"{row['drop_abs']:.3f} ({row['drop_rel']:.0%})"),
+)
+#: the one grounded column the default view adds, where the rows have it and the key columns still fit one table
+POINTING_COLUMN = Column(
+    "pointing", lambda row: sig3((row.get("pointing_accuracy") or {}).get("value")), needs="pointing_accuracy"
 )
 #: every other column of a study row that reads as one cell (`vrprobe show --all`)
 MORE_COLUMNS = (
@@ -167,6 +192,52 @@ RELIABILITY_COLUMNS = (
         _aurc_column(short, s)
         for short, s in (("conf", "confidence"), ("sharp", "sharpness"), ("margin", "margin"), ("probe", "probe"))
     ),
+)
+
+
+def looks_right_rates(cell: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """(error rate among samples whose attention is sharp and on target, overall error rate) of a row's
+    `looks_right_wrong` cell; (None, None) without it."""
+    cell = cell or {}
+    return cell.get("error_rate", cell.get("value")), cell.get("overall_error_rate", cell.get("overall"))
+
+
+def _looks_right(row: dict[str, Any]) -> str:
+    rate, overall = looks_right_rates(row.get("looks_right_wrong"))
+    return "n/a" if rate is None and overall is None else f"{sig3(rate)} vs {sig3(overall)}"
+
+
+def _terciles(key: str) -> Callable[[dict[str, Any]], str]:
+    return lambda row: "/".join(sig3(c.get("value")) for c in row[key]) if row.get(key) else "n/a"
+
+
+def _r_column(header: str, key: str) -> Column:
+    return Column(header, lambda row: r_interval(row.get(key) or {}, digits=2), needs=key)
+
+
+def _pope(row: dict[str, Any]) -> str:
+    return "/".join(sig3(row.get(k)) for k in ("precision", "recall", "f1"))
+
+
+#: the grounded numbers and the calibration by sharpness tercile (`--all`); each shown when some row holds it
+GROUNDING_COLUMNS = (
+    Column("point acc", lambda row: value_interval(row.get("pointing_accuracy")), needs="pointing_accuracy"),
+    _r_column("r(on target, acc)", "r_on_target_correct"),
+    _r_column("r(on target, overconf)", "r_on_target_overconfidence"),
+    Column("AUROC on target", lambda row: value_interval(row.get("auroc_on_target")), needs="auroc_on_target"),
+    Column("wrong: looks right vs all", _looks_right, needs="looks_right_wrong"),
+    _r_column("r(sharp, conf)", "r_sharpness_confidence"),
+    Column("ECE by sharp tercile", _terciles("ece_by_sharpness"), needs="ece_by_sharpness"),
+    Column(
+        "conf. errors by tercile",
+        _terciles("confident_error_rate_by_sharpness"),
+        needs="confident_error_rate_by_sharpness",
+    ),
+    Column("POPE P/R/F1", _pope, needs="precision"),
+    Column("yes ratio", lambda row: sig3(row.get("yes_ratio")), needs="yes_ratio"),
+)
+GROUNDING_TITLE = (
+    "grounding (value [95% bootstrap CI]; looks right: attention sharp and on target; terciles sharpest first)"
 )
 STUDY_TITLE = "vrprobe study (sharp = −normalised attention entropy; r [95% bootstrap CI]; drop: band corrupted)"
 RELIABILITY_TITLE = "reliability signals on held-out samples (AUROC correct vs incorrect [95% bootstrap CI])"
@@ -239,6 +310,22 @@ def _fitting(
     return label + heads_text(names, cells, n, 1)
 
 
+#: the verdict's two halves of the grounded question: key, the line's label
+HALVES = (
+    ("sharpness_predicts_reliability", "sharpness predicts reliability"),
+    ("looking_right_predicts_reliability", "looking right predicts reliability"),
+)
+
+
+def _halves(v: dict[str, Any]) -> list[str]:
+    """'sharpness predicts reliability: not resolved, r +0.05 [-0.10, +0.20]' for each half the verdict holds."""
+    return [
+        f"{label}: {v[key].get('status', 'n/a')}, {_glued('r ' + r_interval(v[key], digits=2))}"
+        for key, label in HALVES
+        if isinstance(v.get(key), dict)
+    ]
+
+
 def _answers(row: dict[str, Any], cells: Sequence[dict[str, Any]] | None, width: int) -> list[str]:
     """One line per question the study answers for `row`: its status, the number and its CI (from `row["verdict"]`
     and the row's own numbers; `cells`: the row's per-head cells, for the top heads' r; `width`: how many fit)."""
@@ -257,6 +344,7 @@ def _answers(row: dict[str, Any], cells: Sequence[dict[str, Any]] | None, width:
         f"{r('r(conf, acc)', 'r_confidence_accuracy')}",
         f"sharpness predicts overconfidence: {_yes(v['sharpness_predicts_overconfidence'])}, "
         f"{r('r(sharp, overconf)', 'r_sharpness_overconfidence')}",
+        *_halves(v),
         f"stays focused (band {_band(row)} corrupted): {_yes(v['attention_stays_focused_while_accuracy_drops'])}, "
         f"Δ norm. entropy {signed(v['normalised_entropy_change_under_band_corruption'])}, drop {row['drop_abs']:.3f}",
     ]

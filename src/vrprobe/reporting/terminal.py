@@ -23,12 +23,16 @@ from rich.text import Text
 
 from vrprobe.reporting.tables import (
     GLUE,
+    GROUNDING_COLUMNS,
+    GROUNDING_TITLE,
     KEY_COLUMNS,
     MORE_COLUMNS,
+    POINTING_COLUMN,
     RELIABILITY_COLUMNS,
     RELIABILITY_TITLE,
     STUDY_TITLE,
     Column,
+    shown,
     verdict_lines,
     wrap,
 )
@@ -146,14 +150,23 @@ def print_study(
     all_columns: bool = False,
     width: int | None = None,
 ) -> None:
-    """A study's table, its key columns only unless `all_columns` (then every column and the reliability signals
-    too), then the verdict; `heads`: summary.json's per-head cells, for the verdict's top heads."""
+    """A study's table, its key columns only (and pointing accuracy where the rows have it and it fits in the same
+    table) unless `all_columns` (then every column, the reliability signals and the grounded numbers in a table of
+    their own; a column needing a key no row holds is left out), then the verdict; `heads`:
+    summary.json's per-head cells, for the verdict's top heads."""
     width = output_width() if width is None else width
     console = make_console(width)
-    print_table(console, STUDY_TITLE, KEY_COLUMNS + (MORE_COLUMNS if all_columns else ()), table, width)
+    columns = shown(KEY_COLUMNS + (MORE_COLUMNS if all_columns else (POINTING_COLUMN,)), table)
+    if not all_columns and POINTING_COLUMN in columns and len(pack(console, columns, table, width) or ()) != 1:
+        columns.remove(POINTING_COLUMN)  # the default view adds it only where the key columns stay one table
+    print_table(console, STUDY_TITLE, columns, table, width)
     if all_columns and all("auroc_confidence" in row for row in table):
         console.print()
         print_table(console, RELIABILITY_TITLE, KEY_COLUMNS[:NAME_COLUMNS] + RELIABILITY_COLUMNS, table, width)
+    grounded = shown(GROUNDING_COLUMNS, table)
+    if all_columns and grounded:
+        console.print()
+        print_table(console, GROUNDING_TITLE, KEY_COLUMNS[:NAME_COLUMNS] + tuple(grounded), table, width)
     console.print()
     print_lines(console, verdict_lines(table, width, heads))
 
