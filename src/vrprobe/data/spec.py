@@ -17,8 +17,10 @@ Grammar, optionally followed by `?OPTION=VALUE[&OPTION=VALUE]` image shifts (see
 - `pope:PATH[:SPLIT]`: POPE, SPLIT `random` (default), `popular` or `adversarial` (`vrprobe.data.pope`): the
   JSON-lines `coco_pope_{SPLIT}.json` with COCO val2014 images, or the lmms-lab parquet export; yes/no, boxes of the
   asked object from `instances_val2014.json` when it is in PATH or `PATH/annotations/`.
+- `scenes:SPLIT`, SPLIT `train`, `test` or `lures`: the built-in procedural grounding benchmark (`vrprobe.data.scenes`;
+  no files, exact target boxes, four question kinds, a lure object in `lures`).
 
-Known names: `easy-vqa`, `vqav2`, `okvqa`, `scienceqa`, `gqa`, `pope`.
+Known names: `easy-vqa`, `vqav2`, `okvqa`, `scienceqa`, `gqa`, `pope`, `scenes`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from vrprobe.data.gqa import load_gqa
 from vrprobe.data.parquet import is_parquet_source, load_parquet
 from vrprobe.data.pope import load_pope
 from vrprobe.data.sample import Sample
+from vrprobe.data.scenes import SPLITS as SCENES_SPLITS
+from vrprobe.data.scenes import load_scenes
 from vrprobe.data.scienceqa import load_scienceqa
 from vrprobe.data.shift import parse_shifts, shift_images
 from vrprobe.data.vqa import load_okvqa, load_vqav2
@@ -51,6 +55,7 @@ KNOWN = (
     "scienceqa:PATH[:SPLIT]",
     "gqa:PATH[:SPLIT]",
     "pope:PATH[:SPLIT]",
+    "scenes:SPLIT",
 )
 GROUNDED_LOADERS = {"gqa": load_gqa, "pope": load_pope}
 JSON_LOADERS = {"vqav2": load_vqav2, "okvqa": load_okvqa, "scienceqa": load_scienceqa}
@@ -99,6 +104,10 @@ def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0, image_ab
         samples = load_benchmark(name, rest)
     elif name in GROUNDED_LOADERS:
         samples = GROUNDED_LOADERS[name](*path_and_split(name, rest))
+    elif name == "scenes":
+        if rest not in SCENES_SPLITS:
+            raise UsageError(f"scenes spec is scenes:SPLIT with SPLIT one of {', '.join(SCENES_SPLITS)}; got '{base}'")
+        samples = load_scenes(rest)
     else:
         raise UsageError(f"unknown dataset '{name}' in spec '{spec}' (known: {', '.join(KNOWN)})")
     if not samples:
