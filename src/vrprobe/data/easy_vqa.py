@@ -43,21 +43,23 @@ def shape_box(path: Path) -> Box | None:
 
     Background = the most common colour on the image's border (easy-VQA paints a plain pale background and a shape
     that may touch the border but never covers most of it). Shape pixels = those with some channel differing from
-    the background by more than `TOLERANCE` (16 of 255): that includes the solid shape and the antialiased rim
-    pixels mixed at least ~6% toward it, and leaves out the faintest fringe (1 px at most). The box spans the first
+    the background by more than `TOLERANCE` (16 of 255): the solid shape and the antialiased rim pixels mixed more
+    than 16/C toward it (C the colour's largest channel contrast with the background: 6–14% for easy-VQA's colours);
+    the fainter fringe left out lies within 1 px of the box (checked on all 5,000 images). The box spans the first
     to the last shape pixel in each direction, in whole pixels: `w = x_last - x_first + 1`. A missing or unreadable
     image raises `VrprobeError` naming the file.
     """
     a = np.asarray(load_rgb(path))
     corners = a[[0, 0, -1, -1], [0, -1, 0, -1]]
-    if (corners == corners[0]).all():  # the usual case: a shape never reaches all four corners
+    if (corners == corners[0]).all():  # four equal corners are the background: one shape cannot cover all four
         bg = corners[0].astype(np.int16)
     else:
         border = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
         colours, counts = np.unique(border, axis=0, return_counts=True)
         bg = colours[counts.argmax()].astype(np.int16)
-    mask = (np.abs(a.astype(np.int16) - bg) > TOLERANCE).any(axis=2)
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    differs = np.abs(a.astype(np.int16) - bg) > TOLERANCE  # [H, W, 3]; reduced channels last (numpy is slow at that)
+    rows = np.flatnonzero(differs.reshape(len(a), -1).any(axis=1))
+    cols = np.flatnonzero(differs.any(axis=0).any(axis=1))
     if rows.size == 0:
         return None
     return (float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1))
