@@ -4,12 +4,16 @@ against a plain pixel rasterisation, and in the records of the zoo models' answe
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from tests.numerics import assert_close
+import torch
+from tests.numerics import FORWARD, assert_close
 
+from vrprobe.data import Sample, load_dataset
 from vrprobe.errors import VrprobeError
+from vrprobe.interventions import Site, intervene
 from vrprobe.metrics.grounding import (
     attention_lift,
     attention_on_target,
@@ -18,6 +22,9 @@ from vrprobe.metrics.grounding import (
     target_area,
     target_weights,
 )
+from vrprobe.models.geometry import ImageGeometry
+from vrprobe.scoring.evaluate import score_batch
+from vrprobe.scoring.grounding import grounding_record
 
 # a 2x2 grid of 10x10 cells in row-major order: top-left, top-right, bottom-left, bottom-right
 GRID = np.array([[0, 0, 10, 10], [10, 0, 20, 10], [0, 10, 10, 20], [10, 10, 20, 20]], dtype=float)
@@ -133,3 +140,97 @@ def test_against_a_pixel_rasterisation_unaligned():
             clip_h = np.clip(np.minimum(c[3], boxes[:, 1] + boxes[:, 3]) - np.maximum(c[1], boxes[:, 1]), 0, None)
             edges = 4 * (wc + hc) + 2 * ((clip_w + clip_h) * (clip_w * clip_h > 0)).sum()
             assert abs(e - a) <= r * (edges + 4 * r) / (wc * hc), (c, e, a)
+
+
+def test_grounding_record_by_hand():
+    """One sample on the 2x2 grid: two layers, two heads; the record's keys from the hand-computed metrics."""
+    geometry = ImageGeometry(image_size=(20, 20), cells=GRID, grid=(2, 2))
+    a = np.array([[[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]], [[0.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]]])
+    p = renormalise(a)  # layer 1 head 0 has no image mass: uniform
+    sample = Sample(id="s", question="q", answers=("a",), boxes=((0.0, 0.0, 15.0, 5.0),))  # w = 0.5, 0.25, 0, 0
+    r = grounding_record(sample, geometry, p)
+    # head/layer mean: ((.1,.2,.3,.4) + (.4,.3,.2,.1) + (.25,.25,.25,.25) + (0,1,0,0)) / 4
+    mean = [0.1875, 0.4375, 0.1875, 0.1875]
+    assert r["image_size"] == [20, 20] and r["image_grid"] == [2, 2]
+    assert_close(r["attention_image"], mean, dtype=np.float64, scale=1.0)
+    assert r["target_area"] == pytest.approx(0.1875, abs=1e-15)
+    on = 0.1875 * 0.5 + 0.4375 * 0.25  # 0.203125
+    assert_close(r["attention_on_target"], on, dtype=np.float64, scale=1.0)
+    assert_close(r["attention_lift"], on / 0.1875, dtype=np.float64, scale=2.0)
+    assert r["pointing_hit"] == 1.0  # exact: the peak (0.4375) is the top-right cell, w = 0.25 > 0
+    # layer 0: (.25, .25, .25, .25) → on .1875, lift 1, peak the first cell; layer 1: (.125, .625, .125, .125)
+    assert_close(r["attention_on_target_by_layer"], [0.1875, 0.21875], dtype=np.float64, scale=1.0)
+    assert_close(r["attention_lift_by_layer"], [1.0, 0.21875 / 0.1875], dtype=np.float64, scale=2.0)
+    assert r["pointing_hit_by_layer"] == [1.0, 1.0]  # exact: indicators (layer 0 ties: the first cell, w = 0.5)
+    assert_close(r["attention_on_target_by_head"], [[0.1, 0.275], [0.1875, 0.25]], dtype=np.float64, scale=1.0)
+    plain = grounding_record(replace(sample, boxes=None), geometry, p)
+    assert set(plain) == {"image_size", "image_grid", "attention_image"}
+    assert set(grounding_record(replace(sample, boxes=()), geometry, p)) == set(plain)
+    assert "attention_image" not in grounding_record(sample, replace(geometry, grid=None), p)
+    with pytest.raises(VrprobeError, match="4 image tokens but the image geometry maps 3"):
+        grounding_record(sample, replace(geometry, cells=GRID[:3]), p)
+
+
+GROUNDED = (
+    "boxes",
+    "target_area",
+    "attention_on_target",
+    "attention_lift",
+    "pointing_hit",
+    "attention_on_target_by_layer",
+    "attention_lift_by_layer",
+    "pointing_hit_by_layer",
+    "attention_on_target_by_head",
+)
+
+
+def test_records_of_the_answer_forward(adapter):
+    """score_batch's grounding keys against the attention recorded in a separate forward and the metrics recomputed
+    from the record: attention_image renormalised per layer and head then averaged, on target = Σ p w, per-layer and
+    per-head values averaging to the overall ones, and no grounded key for samples without boxes."""
+    samples = load_dataset("easy-vqa:test", limit=6).samples
+    boxes: list[tuple[tuple[float, float, float, float], ...] | None] = [
+        ((8.0, 8.0, 20.0, 16.0),),
+        ((0.0, 0.0, 32.0, 64.0), (16.0, 40.0, 40.0, 20.5)),  # overlapping
+        None,  # a dataset without boxes
+        (),  # a sample without a target (a POPE "no")
+        ((50.5, 2.0, 30.0, 9.0),),  # partly outside the 64x64 image
+        ((20.0, 20.0, 24.0, 24.0),),
+    ]
+    samples = [replace(s, boxes=b) for s, b in zip(samples, boxes, strict=True)]
+    batch = adapter.encode_samples(samples)
+    records = score_batch(adapter, samples, batch)
+    site = Site("attn_probs", tuple(range(adapter.num_layers)), "last")
+    with torch.no_grad(), intervene(adapter, batch.groups, record=[site]) as rec:
+        adapter.forward(batch, use_cache=False)
+    attention = rec.stacked(site).double()  # [L, B, H, S]
+    for i, (s, r) in enumerate(zip(samples, records, strict=True)):
+        geometry = adapter.image_geometry(batch.items[i])
+        a = attention[:, i][:, :, batch.groups.image[i]]  # [L, H, N]
+        p = (a / a.sum(-1, keepdim=True)).numpy()
+        assert r["image_size"] == list(s.load_image().size)
+        if geometry.grid is not None:
+            assert r["image_grid"] == list(geometry.grid) and len(r["attention_image"]) == p.shape[-1]
+            assert_close(sum(r["attention_image"]), 1.0, dtype=np.float64, scale=1.0, ulps=p.shape[-1])
+            assert_close(r["attention_image"], p.mean((0, 1)), dtype=torch.float32, scale=1.0, ulps=FORWARD)
+        else:
+            assert "attention_image" not in r and "image_grid" not in r
+        if not s.boxes:
+            assert not set(GROUNDED) & set(r), f"grounded keys without boxes: {set(GROUNDED) & set(r)}"
+            continue
+        w = target_weights(geometry.cells, s.boxes)
+        mean = np.asarray(r.get("attention_image", p.mean((0, 1))))
+        assert r["boxes"] == [list(b) for b in s.boxes]  # exact: copied
+        assert r["target_area"] == pytest.approx(float(w.mean()), abs=1e-12)
+        assert 0 < r["target_area"] < 1
+        assert_close(r["attention_on_target"], float(mean @ w), dtype=np.float64, scale=1.0, ulps=p.shape[-1])
+        assert_close(r["attention_lift"], r["attention_on_target"] / r["target_area"], dtype=np.float64, ulps=64)
+        assert r["pointing_hit"] == float(w[int(np.argmax(mean))] > 0)  # exact: an indicator of the same argmax
+        L, H = p.shape[:2]
+        by_layer, by_head = np.array(r["attention_on_target_by_layer"]), np.array(r["attention_on_target_by_head"])
+        assert by_layer.shape == (L,) and by_head.shape == (L, H) and len(r["pointing_hit_by_layer"]) == L
+        assert_close(by_head, p @ w, dtype=torch.float32, scale=1.0, ulps=FORWARD)
+        assert_close(by_head.mean(1), by_layer, dtype=np.float64, scale=1.0, ulps=H)  # linear: means commute
+        assert_close(by_layer.mean(), r["attention_on_target"], dtype=np.float64, scale=1.0, ulps=L)
+        assert_close(np.mean(r["attention_lift_by_layer"]), r["attention_lift"], dtype=np.float64, ulps=64)
+        assert r["pointing_hit_by_layer"] == [float(w[int(np.argmax(q))] > 0) for q in p.mean(1)]

@@ -25,6 +25,8 @@ from vrprobe.interventions.hooks import Edit
 from vrprobe.metrics.sharpness import image_attention_entropy, normalised_entropy
 from vrprobe.models import Adapter, Batch, TokenGroups
 from vrprobe.models.base import Generated
+from vrprobe.scoring.grounding import DEFINITIONS as GROUNDING_DEFINITIONS
+from vrprobe.scoring.grounding import grounding_records
 
 DEFINITIONS = {
     "confidence": "softmax over the candidate answers of each candidate's summed token log-likelihood given the "
@@ -42,6 +44,7 @@ DEFINITIONS = {
     "sharpness_norm": "sharpness / log(#image tokens), in [0, 1]",
     "entropy_by_layer / entropy_by_head": "the same entropy per layer (mean over heads) and per layer and head",
     "margin": "top-1 minus top-2 log-probability over the candidate answers (nats; closed set only)",
+    **GROUNDING_DEFINITIONS,
 }
 
 
@@ -115,7 +118,10 @@ def score_batch(
             r["hidden_last"] = last[:, i].cpu().numpy()
             r["hidden_image_mean"] = image_mean[:, i].cpu().numpy()
     if adapter.records_attention:
-        entropy = image_attention_entropy(rec.stacked(attn_site), batch.groups.image)  # [L, B, H]
+        attention = rec.stacked(attn_site)  # [L, B, H, S]: the answer position's row at every layer
+        for r, grounding in zip(records, grounding_records(adapter, samples, batch, attention), strict=True):
+            r.update(grounding)  # image_size, image_grid, attention_image; the grounded metrics where boxes exist
+        entropy = image_attention_entropy(attention, batch.groups.image)  # [L, B, H]
         n_image = batch.groups.image.sum(1)
         for i, r in enumerate(records):
             by_layer = entropy[:, i].mean(-1)
