@@ -201,6 +201,6 @@ def test_unknown_split_and_dataset(tmp_path):
     with pytest.raises(VrprobeError, match="splits found in .*: val2014"):
         load_dataset(f"vqav2:{root}:test2015")
     with pytest.raises(UsageError, match="known: .*vqav2.*okvqa.*scienceqa"):
-        load_dataset(f"gqa:{root}")
+        load_dataset(f"textvqa:{root}")
     with pytest.raises(UsageError, match="vqav2:PATH"):
         load_dataset("vqav2:")
