@@ -234,3 +234,23 @@ def test_records_of_the_answer_forward(adapter):
         assert_close(by_layer.mean(), r["attention_on_target"], dtype=np.float64, scale=1.0, ulps=L)
         assert_close(np.mean(r["attention_lift_by_layer"]), r["attention_lift"], dtype=np.float64, ulps=64)
         assert r["pointing_hit_by_layer"] == [float(w[int(np.argmax(q))] > 0) for q in p.mean(1)]
+
+
+def test_cells_are_kept_only_where_the_grid_does_not_tile_the_image():
+    from vrprobe.registry import load_adapter
+    from vrprobe.scoring.grounding import tiles_whole_image
+
+    even = np.array([[0, 0, 10, 7.5], [10, 0, 20, 7.5], [0, 7.5, 10, 15], [10, 7.5, 20, 15]], dtype=float)
+    assert tiles_whole_image(even, (2, 2), (20, 15))
+    assert not tiles_whole_image(even + [1, 0, 1, 0], (2, 2), (20, 15))  # shifted by a pixel
+    assert not tiles_whole_image(even, (2, 2), (21, 15))  # the grid misses a column of the image
+    # zoo:llava's processor resizes the shortest side and centre-crops: a wide image's left and right edges are cut,
+    # so its record keeps each token's cell; a square image is tiled evenly and keeps none.
+    llava = load_adapter("zoo:llava")
+    base = load_dataset("easy-vqa:test", limit=2).samples[0]
+    wide = replace(base, id="wide", image_fn=lambda: base.load_image().resize((96, 64)))
+    square, cropped = score_batch(llava, [base]), score_batch(llava, [wide])
+    assert "image_cells" not in square[0]
+    cells = np.array(cropped[0]["image_cells"])
+    assert cells.shape == (16, 4)
+    assert cells[:, 0].min() == pytest.approx(16.0) and cells[:, 2].max() == pytest.approx(80.0)  # the 64-px crop

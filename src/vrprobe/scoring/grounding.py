@@ -32,6 +32,8 @@ from vrprobe.models.geometry import ImageGeometry
 DEFINITIONS = {
     "image_size": "the original image's [width, height] in pixels",
     "image_grid": "[rows, cols] of the image-token grid laid over the original image (models with one image grid)",
+    "image_cells": "each image token's rectangle [x0, y0, x1, y1] in original-image pixels, kept only when the grid "
+    "does not evenly tile the whole image (a centre crop, padding): where attention_image's cells lie",
     "attention_image": "the answer position's attention over the image tokens, renormalised over them per layer and "
     "head, averaged over heads and layers; in image-token order = row-major grid order (one-grid models); sums to 1",
     "boxes": "the sample's target boxes [x, y, w, h] in original-image pixels (grounded keys exist only with boxes)",
@@ -56,6 +58,18 @@ def image_attention(attention: torch.Tensor, image_mask: torch.Tensor, row: int)
     return renormalise(attention[:, row][:, :, mask].detach().to("cpu", torch.float64).numpy())
 
 
+def tiles_whole_image(cells: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> bool:
+    """Whether `cells` [N, 4] are the even row-major `grid` over the whole `size` = (W, H) image (what a plain resize
+    gives), to within 1e-6 px: then the grid alone says where each cell lies and the record need not keep them."""
+    rows, cols = grid
+    w, h = size
+    xs, ys = np.linspace(0, w, cols + 1), np.linspace(0, h, rows + 1)
+    even = np.stack(np.broadcast_arrays(xs[None, :-1], ys[:-1, None], xs[None, 1:], ys[1:, None]), axis=-1).reshape(
+        -1, 4
+    )
+    return bool(cells.shape == even.shape and np.abs(cells - even).max(initial=0.0) <= 1e-6)
+
+
 def grounding_record(sample: Sample, geometry: ImageGeometry, p: np.ndarray) -> dict[str, Any]:
     """The grounding keys of one sample (see `DEFINITIONS`) from `p` [L, H, N], its renormalised image attention,
     and `geometry`, the token → region map of its encoded item (N cells, image-token order)."""
@@ -70,6 +84,8 @@ def grounding_record(sample: Sample, geometry: ImageGeometry, p: np.ndarray) -> 
     if geometry.grid is not None:
         out["image_grid"] = [int(v) for v in geometry.grid]
         out["attention_image"] = mean.tolist()
+        if not tiles_whole_image(cells, geometry.grid, geometry.image_size):
+            out["image_cells"] = cells.tolist()
     if sample.boxes:
         w = target_weights(cells, sample.boxes)
         by_layer = p.mean(1)  # [L, N]
