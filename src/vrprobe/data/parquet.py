@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,34 @@ def has_image(ds: Any) -> list[bool]:
     return [bool(v) for v in pc.and_(pc.is_valid(col), pc.greater(pc.binary_length(col), 0)).fill_null(False)]
 
 
+@dataclass(frozen=True)
+class ImageRows:
+    """The rows of an opened parquet dataset with its `image` column held apart (decoded only when a sample's image is
+    loaded): `present[i]` says whether row i has image bytes, `col(name)` gives a column's values (None for every row
+    when the column is absent), `where(i)` names row i's file and row, `loader(i)` is row i's `image_fn`."""
+
+    present: list[bool]
+    locate: Callable[[int], tuple[Path, int]]
+    images: Any
+    columns: dict[str, list[Any]]
+
+    @classmethod
+    def read(cls, ds: Any, files: Sequence[Path]) -> ImageRows:
+        return cls(
+            has_image(ds), row_locator(files), ds.select_columns(["image"]), ds.remove_columns(["image"]).to_dict()
+        )
+
+    def col(self, name: str) -> list[Any]:
+        return self.columns.get(name, [None] * len(self.present))
+
+    def where(self, i: int) -> str:
+        f, r = self.locate(i)
+        return f"{f} row {r}"
+
+    def loader(self, i: int) -> Callable[[], Image.Image]:
+        return lambda: decode_image(image_bytes(self.images[i]["image"]), self.where(i))
+
+
 def load_parquet(path: Path, kind: str, split: str | None = None, images_only: bool = True) -> list[Sample]:
     """Samples of benchmark `kind` ("vqav2", "okvqa" or "scienceqa") from the parquet files PATH/SPLIT select.
 
@@ -150,33 +179,18 @@ def load_parquet(path: Path, kind: str, split: str | None = None, images_only: b
     if kind not in KINDS:
         raise VrprobeError(f"unknown parquet benchmark '{kind}' (known: {', '.join(KINDS)})")
     files = parquet_files(path, split)
-    locate = row_locator(files)
     ds = open_parquet(files)
     missing = [c for c in REQUIRED[kind] if c not in ds.column_names]
     if missing:
         raise VrprobeError(f"{files[0]}: missing column(s) {', '.join(missing)} for {kind}")
-    present = has_image(ds)
-    images = ds.select_columns(["image"])
-    rows = ds.remove_columns(["image"]).to_dict()
-    n = len(present)
-
-    def where(i: int) -> str:
-        f, r = locate(i)
-        return f"{f} row {r}"
-
-    def loader(i: int) -> Callable[[], Image.Image]:
-        return lambda: decode_image(image_bytes(images[i]["image"]), where(i))
-
-    def col(name: str) -> list[Any]:
-        return rows.get(name, [None] * n)
-
+    table = ImageRows.read(ds, files)
     samples = []
     if kind == "scienceqa":
         columns = ("pid", "question", "choices", "answer", "hint", "subject", "grade")
-        for i, (pid, q, options, answer, hint, subject, grade) in enumerate(zip(*map(col, columns), strict=True)):
-            if not present[i] and images_only:
+        for i, (pid, q, options, answer, hint, subject, grade) in enumerate(zip(*map(table.col, columns), strict=True)):
+            if not table.present[i] and images_only:
                 continue
-            f, r = locate(i)
+            f, r = table.locate(i)
             samples.append(
                 scienceqa_sample(
                     sample_id=str(pid) if pid is not None else f"{f.stem}-{r}",
@@ -186,8 +200,8 @@ def load_parquet(path: Path, kind: str, split: str | None = None, images_only: b
                     hint=str(hint or ""),
                     subject=str(subject or ""),
                     grade=str(grade or ""),
-                    image_fn=loader(i) if present[i] else None,
-                    where=where(i),
+                    image_fn=table.loader(i) if table.present[i] else None,
+                    where=table.where(i),
                 )
             )
         return samples
@@ -200,9 +214,9 @@ def load_parquet(path: Path, kind: str, split: str | None = None, images_only: b
         "multiple_choice_answer",
         "image_id",
     )
-    for i, (qid, q, raw, answer_type, qtype, mc, image_id) in enumerate(zip(*map(col, columns), strict=True)):
-        if not present[i]:
-            raise VrprobeError(f"no image bytes in {where(i)} (question_id {qid})")
+    for i, (qid, q, raw, answer_type, qtype, mc, image_id) in enumerate(zip(*map(table.col, columns), strict=True)):
+        if not table.present[i]:
+            raise VrprobeError(f"no image bytes in {table.where(i)} (question_id {qid})")
         answers = tuple(str(a["answer"] if isinstance(a, dict) else a) for a in raw or [])
         samples.append(
             vqa_sample(
@@ -213,7 +227,7 @@ def load_parquet(path: Path, kind: str, split: str | None = None, images_only: b
                 vqa_question_type=str(qtype or ""),
                 multiple_choice_answer=str(mc or most_common_answer(answers)),
                 image_id=image_id,
-                image_fn=loader(i),
+                image_fn=table.loader(i),
             )
         )
     return samples

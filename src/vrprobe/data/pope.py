@@ -36,15 +36,7 @@ from typing import Any
 from PIL import Image
 
 from vrprobe.data.boxes import BoxSkip, Skips, check_boxes, note
-from vrprobe.data.parquet import (
-    decode_image,
-    has_image,
-    image_bytes,
-    is_parquet_source,
-    open_parquet,
-    parquet_files,
-    row_locator,
-)
+from vrprobe.data.parquet import ImageRows, is_parquet_source, open_parquet, parquet_files
 from vrprobe.data.sample import Box, Sample
 from vrprobe.data.vqa import VQA_INSTRUCTION, read_json
 from vrprobe.errors import UsageError, VrprobeError
@@ -229,34 +221,23 @@ def load_pope_parquet(path: Path, split: str, coco: CocoInstances | None, skips:
         files = parquet_files(path, split)  # files or a folder named after the split, if any
     except VrprobeError:
         files = parquet_files(path)
-    locate = row_locator(files)
     ds = open_parquet(files)
     if "answer" not in ds.column_names:
         raise VrprobeError(f"{files[0]}: no 'answer' column (a POPE file needs labels: yes or no on every question)")
     missing = [c for c in ("question", "image") if c not in ds.column_names]
     if missing:
         raise VrprobeError(f"{files[0]}: missing column(s) {', '.join(missing)} for pope")
-    present = has_image(ds)
-    images = ds.select_columns(["image"])
-    rows = ds.remove_columns(["image"]).to_dict()
-    n = len(present)
-
-    def col(name: str) -> list[Any]:
-        return rows.get(name, [None] * n)
-
-    def loader(i: int, where: str) -> Callable[[], Image.Image]:
-        return lambda: decode_image(image_bytes(images[i]["image"]), where)
-
+    table = ImageRows.read(ds, files)
     samples = []
     columns = ("question_id", "question", "answer", "image_source", "category")
-    for i, (qid, text, answer, source, category) in enumerate(zip(*map(col, columns), strict=True)):
+    for i, (qid, text, answer, source, category) in enumerate(zip(*map(table.col, columns), strict=True)):
         if category is not None and str(category) != split:
             continue
-        f, r = locate(i)
-        where = f"{f} row {r}"
+        f, r = table.locate(i)
+        where = table.where(i)
         qid = qid if qid is not None else f"{f.stem}-{r}"
         label = check_label(answer, f"{where} (question_id {qid})")
-        if not present[i]:
+        if not table.present[i]:
             raise VrprobeError(f"no image bytes in {where} (question_id {qid})")
         image_id = coco_image_id(source) if source else None
         boxes = None
@@ -274,7 +255,7 @@ def load_pope_parquet(path: Path, split: str, coco: CocoInstances | None, skips:
                 label=label,
                 image_id=image_id,
                 boxes=boxes,
-                image_fn=loader(i, where),
+                image_fn=table.loader(i),
             )
         )
     if not samples and not skips.total:
