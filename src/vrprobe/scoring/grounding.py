@@ -113,9 +113,13 @@ def grounding_records(
     gets records with `image_size` only and a warning: its answers and sharpness are still scored.
     """
     out = []
+    # a processor maps every image of one size the same way: the geometry is computed once per size in the batch
+    known: dict[tuple[int, int] | None, ImageGeometry] = {}
     for i, (s, item) in enumerate(zip(samples, batch.items, strict=True)):
         try:
-            geometry = adapter.image_geometry(item)
+            if item.image_size not in known:
+                known[item.image_size] = adapter.image_geometry(item)
+            geometry = known[item.image_size]
         except VrprobeError as exc:
             warnings.warn(
                 f"{adapter.name}: no image regions, so no attention_image or grounded metrics: {exc}", stacklevel=3
