@@ -30,7 +30,8 @@ from vrprobe.runtime.devices import LoadOptions
 
 ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, PaliGemmaAdapter, Qwen2VLAdapter)
 ZOO_DIR = Path(__file__).resolve().parent / "zoo" / "checkpoints"
-ZOO_NAMES = ("llava", "paligemma", "qwen2vl")
+#: the zoo's models (their shapes and data: `vrprobe.zoo.catalog`): easy-VQA's three, then the scenes three
+ZOO_NAMES = ("llava", "paligemma", "qwen2vl", "llava-scenes", "paligemma-scenes", "qwen2vl-scenes")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 

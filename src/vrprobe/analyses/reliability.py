@@ -1,8 +1,9 @@
 """Reliability signals in the study: a hidden-state probe trained on a training split, and every signal's
 selective-prediction figures (AUROC with interval, AURC, accuracy at coverage) on held-out samples.
 
-Training split (`probe_split`): for easy-VQA, its train set (a type-stratified subset of `probe_limit` samples);
-otherwise a seeded `PROBE_FRACTION` of the first dataset's samples. Records of samples the probe was trained on
+Training split (`probe_split`): for easy-VQA and scenes, their train set (a type-stratified subset of
+`probe_limit` samples); otherwise a seeded `PROBE_FRACTION` of the first dataset's samples. Records of samples the
+probe was trained on
 (`probe_train`) are left out of every selective-prediction figure, also in shifted copies of the dataset (same ids),
 so that all signals are compared on the same held-out samples.
 """
@@ -26,7 +27,8 @@ PROBE_FRACTION = 0.3
 DEFINITIONS = {
     "reliability": "the probe's probability that the answer is correct: logistic regression on the answer "
     "position's hidden state at probe_layer, standardised; layer and regularisation chosen by cross-validation on "
-    f"the training split only (easy-VQA: its train set; otherwise a seeded {PROBE_FRACTION:.0%} of the first dataset, "
+    "the training split only (easy-VQA, scenes: their train set; otherwise a seeded "
+    f"{PROBE_FRACTION:.0%} of the first dataset, "
     "whose samples are then left out of every AUROC)",
     "margin": "top-1 minus top-2 log-probability over the candidate answers (nats)",
     "auroc_SIGNAL": "P(signal of a correct answer > that of an incorrect one) + 0.5·P(tie), on held-out samples, "
@@ -43,6 +45,8 @@ def probe_split(first: Dataset, limit: int, seed: int) -> list[Sample]:
     if name == "easy-vqa":
         head, _, _ = rest.rpartition(":")
         return load_dataset(f"easy-vqa:{head + ':' if head else ''}train", limit=limit, seed=seed).samples
+    if name == "scenes":
+        return load_dataset("scenes:train", limit=limit, seed=seed).samples
     n = max(1, round(PROBE_FRACTION * len(first.samples)))
     chosen = np.random.default_rng(seed).choice(len(first.samples), size=n, replace=False)
     return [first.samples[i] for i in sorted(chosen)]

@@ -133,7 +133,7 @@ def study_cmd(
     limit: Limit = None,
     trace_limit: Annotated[int, typer.Option(help="Samples traced per model to find the causal band.")] = 100,
     probe_limit: Annotated[
-        int, typer.Option(help="Training samples of the reliability probe (easy-VQA: from its train set).")
+        int, typer.Option(help="Training samples of the reliability probe (easy-VQA, scenes: from their train set).")
     ] = 1000,
     band_positions: Annotated[
         str, typer.Option(help="Positions corrupted in the band: all, image or non_image.")

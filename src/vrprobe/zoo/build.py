@@ -1,8 +1,9 @@
 """Tiny configs of LLaVA, PaliGemma and Qwen2-VL, an offline word-level tokenizer, and the real processors.
 
-All three see 64×64 images as 16 image tokens and share one text-model shape: hidden 128, 8 decoder layers, 4 heads,
-MLP 256 (so layer bands mean something). Vocabulary: every word of the easy-VQA questions and answers and of the three
-prompt templates, lower-cased, plus each family's special tokens (~60 tokens; PaliGemma's processor adds its 1,152
+Which models exist, at which image size and shape, is `catalog.py`'s; this module builds them. Every function takes a
+zoo model's name (`llava`, `qwen2vl-scenes`, ...; an easy-VQA model's name is its family's). Vocabulary: every word of
+the training data's questions and answers (easy-VQA's; scenes' and easy-VQA's for the scenes models) and of the three
+prompt templates, lower-cased, plus each family's special tokens (~60–90 tokens; PaliGemma's processor adds its 1,152
 `<loc>`/`<seg>` tokens).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
@@ -37,41 +38,8 @@ from vrprobe.models.base import Adapter
 from vrprobe.models.llava import LlavaAdapter
 from vrprobe.models.paligemma import PaliGemmaAdapter
 from vrprobe.models.qwen2vl import Qwen2VLAdapter, Qwen2VLImageOnlyProcessor
+from vrprobe.zoo.catalog import TEXT, ZooModel, zoo_model
 
-IMAGE_SIZE = 64
-
-
-class TextShape(TypedDict):
-    """The text model's shape, shared by the three families (keyword arguments of their text configs)."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-
-
-TEXT = TextShape(hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4)
-
-
-class VisionShape(TypedDict):
-    """The vision tower's shape, shared by LLaVA's CLIP and PaliGemma's SigLIP (keyword arguments of their configs)."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    image_size: int
-    patch_size: int
-
-
-VISION = VisionShape(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    image_size=IMAGE_SIZE,
-    patch_size=16,
-)
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
 FAMILY_SPECIAL = {
     "llava": ["<image>"],
@@ -91,23 +59,40 @@ def _template(cls: type[Adapter]) -> str:
     return object.__new__(cls).prompt("")
 
 
-def corpus() -> list[str]:
-    """Texts whose words make the vocabulary: easy-VQA questions and answers, and the prompt templates."""
+def corpus(dataset: str = "easy-vqa") -> list[str]:
+    """Texts whose words make the vocabulary: easy-VQA's questions and answers (and, for `scenes`, every scenes
+    split's questions and answer choices), and the prompt templates."""
     import easy_vqa
 
     texts = list(easy_vqa.get_train_questions()[0]) + list(easy_vqa.get_test_questions()[0])
     texts += list(easy_vqa.get_answers())
+    if dataset == "scenes":
+        from vrprobe.data.scenes import SPLITS, load_scenes
+
+        for split in SPLITS:
+            texts += sorted({s.question for s in load_scenes(split)})
+        texts += [c for choices in scenes_choices() for c in choices]
     texts += [_template(LlavaAdapter), _template(PaliGemmaAdapter), _template(Qwen2VLAdapter)]
     return texts
 
 
-def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
-    """A lower-casing WordLevel tokenizer over `corpus()`, with the family's special tokens; adds no BOS/EOS."""
+def scenes_choices() -> list[tuple[str, ...]]:
+    """Every answer-choice list scenes questions carry."""
+    from vrprobe.data.scenes import CHOICES
+
+    return list(CHOICES.values())
+
+
+def build_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """A lower-casing WordLevel tokenizer over the model's `corpus`, with its family's special tokens; adds no
+    BOS/EOS."""
+    zoo = zoo_model(name)
+    family = zoo.family
     specials = SPECIAL + FAMILY_SPECIAL[family]
     normalizer = normalizers.Lowercase()
     pre = pre_tokenizers.Whitespace()
     words: set[str] = set()
-    for text in corpus():
+    for text in corpus(zoo.dataset):
         for special in specials:
             text = text.replace(special, " ")
         words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
@@ -133,9 +118,10 @@ def paligemma_processor(
     return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def build_processor(family: str) -> Any:
-    """The zoo processor of a family: 64-px images, patch 16 (Qwen2-VL: patch 8, merged 2×2)."""
-    return family_processor(family, build_tokenizer(family), IMAGE_SIZE, 8 if family == "qwen2vl" else 16)
+def build_processor(name: str) -> Any:
+    """The zoo model's processor: its image size and patch (Qwen2-VL: patches merged 2×2)."""
+    zoo = zoo_model(name)
+    return family_processor(zoo.family, build_tokenizer(name), zoo.image_size, zoo.patch)
 
 
 def family_processor(family: str, tok: Any, side: int, patch: int, pixels: tuple[int, int] | None = None) -> Any:
@@ -163,13 +149,16 @@ def family_processor(family: str, tok: Any, side: int, patch: int, pixels: tuple
     raise ValueError(f"unknown zoo family '{family}'")
 
 
-def build_model(family: str, processor: Any, seed: int = 0) -> Any:
-    """A freshly initialised tiny model of the family, sized to the processor's vocabulary (seeded)."""
+def build_model(name: str, processor: Any, seed: int = 0) -> Any:
+    """A freshly initialised tiny model of the zoo model's family and shape, sized to the processor's vocabulary
+    (seeded)."""
+    zoo = zoo_model(name)
+    family, vision_shape = zoo.family, _vision(zoo)
     tok = processor.tokenizer
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(seed)
     if family == "llava":
-        clip = CLIPVisionConfig(**VISION)
+        clip = CLIPVisionConfig(**vision_shape)
         llama = LlamaConfig(vocab_size=len(tok), num_key_value_heads=4, max_position_embeddings=512, **TEXT, **ids)
         llava = LlavaConfig(
             vision_config=clip,
@@ -180,7 +169,7 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
         )
         return LlavaForConditionalGeneration(llava)
     if family == "paligemma":
-        siglip = SiglipVisionConfig(**VISION)
+        siglip = SiglipVisionConfig(**vision_shape)
         gemma = GemmaConfig(
             vocab_size=len(tok), num_key_value_heads=1, head_dim=32, max_position_embeddings=512, **TEXT, **ids
         )
@@ -193,12 +182,12 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
         return PaliGemmaForConditionalGeneration(paligemma)
     if family == "qwen2vl":
         vision = dict(
-            depth=2,
-            embed_dim=64,
+            depth=zoo.vision["num_hidden_layers"],
+            embed_dim=zoo.vision["hidden_size"],
             hidden_size=TEXT["hidden_size"],
-            num_heads=2,
-            mlp_ratio=2,
-            patch_size=8,
+            num_heads=zoo.vision["num_attention_heads"],
+            mlp_ratio=zoo.vision["intermediate_size"] // zoo.vision["hidden_size"],
+            patch_size=zoo.patch,
             spatial_merge_size=2,
             temporal_patch_size=2,
             in_channels=3,
@@ -223,11 +212,16 @@ def build_model(family: str, processor: Any, seed: int = 0) -> Any:
     raise ValueError(f"unknown zoo family '{family}'")
 
 
-def build_adapter(family: str, seed: int = 0) -> Adapter:
+def _vision(zoo: ZooModel) -> dict[str, Any]:
+    """CLIP/SigLIP vision-config keywords: the tower's shape at the model's image size and patch."""
+    return {**zoo.vision, "image_size": zoo.image_size, "patch_size": zoo.patch}
+
+
+def build_adapter(name: str, seed: int = 0) -> Adapter:
     """Processor first (PaliGemma's adds tokens), then the model, wrapped in the family's adapter."""
-    processor = build_processor(family)
-    model = build_model(family, processor, seed)
-    return ADAPTER_CLASSES[family](model, processor, name=f"zoo:{family}")
+    processor = build_processor(name)
+    model = build_model(name, processor, seed)
+    return ADAPTER_CLASSES[zoo_model(name).family](model, processor, name=f"zoo:{name}")
 
 
 def save_checkpoint(adapter: Adapter, out: Path) -> None:

@@ -1,9 +1,11 @@
 """The zoo training recipe (CPU, seeded): teach the image pathway first, then the whole VLM on all questions.
 
-Stage 1 (`stage1_steps`): the vision tower + projector alone. Their projected features, mean-pooled over image tokens,
-feed two linear heads (3 shapes, 8 colors) trained with cross-entropy; per-image labels come from the train questions
-("what shape"/"what color" answers). Without this stage a VLM trained from scratch ignores the image (~0.67 accuracy,
-question-only guessing; see shared/ZOO-TRAINING.md).
+Stage 1 (`stage1_steps`): the vision tower + projector alone, with linear heads on their projected features trained
+with cross-entropy (`stage1_labels.py` gives the labels). easy-VQA: the features mean-pooled over image tokens feed two
+heads (3 shapes, 8 colors), per-image labels from the train questions. scenes: every image token's features feed
+three heads (colour, shape, size of the object that covers most of its cell, or background), labels from the scene's
+objects. Without this stage a VLM trained from scratch ignores the image (~0.67 accuracy on easy-VQA, question-only
+guessing; see shared/ZOO-TRAINING.md).
 Stage 2 (`stage2_steps`): the whole model on all train questions; loss = cross-entropy on the answer token and on the
 end-of-sequence token after it (so greedy generation stops cleanly). AdamW, linear warm-up then cosine decay to 0,
 gradient-norm clip 1.0; the vision pathway at `vision_lr_scale` × the learning rate.
@@ -22,18 +24,20 @@ import torch
 import torch.nn.functional as F
 
 from vrprobe.data.easy_vqa import load_easy_vqa
+from vrprobe.data.sample import Sample
+from vrprobe.data.scenes import load_scenes
 from vrprobe.models.base import TEXT_KEYS, Adapter, Encoded
 from vrprobe.zoo.build import build_adapter, save_checkpoint
-
-SHAPES = ("circle", "rectangle", "triangle")
-COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+from vrprobe.zoo.catalog import zoo_model
+from vrprobe.zoo.stage1_labels import easy_vqa_labels, scenes_labels
 
 Progress = Callable[[str, int, int, float], None]  # (stage, step, total, loss)
 
 
 @dataclass
 class TrainConfig:
-    """The recipe's knobs; the defaults are the ones the committed zoo was trained with."""
+    """The recipe's knobs; the defaults are the ones the committed easy-VQA zoo was trained with (`recipe(name)`
+    gives each zoo model's)."""
 
     seed: int = 0
     stage1_steps: int = 1500
@@ -46,6 +50,15 @@ class TrainConfig:
     vision_lr_scale: float = 0.1
     weight_decay: float = 0.01
     threads: int | None = None
+
+
+#: the scenes models' recipe: longer stage 1 (dense labels, a wider tower), as many stage-2 steps as fit the hour
+SCENES = TrainConfig(stage1_steps=1200, stage1_batch=64, stage2_steps=3000, stage2_batch=64)
+
+
+def recipe(name: str) -> TrainConfig:
+    """The committed zoo model's training recipe."""
+    return SCENES if zoo_model(name).dataset == "scenes" else TrainConfig()
 
 
 def _text_params(adapter: Adapter) -> set[int]:
@@ -69,18 +82,23 @@ def _cosine(step: int, total: int, warmup: int) -> float:
 
 
 class TrainData:
-    """easy-VQA train, pre-processed once: per-image pixel inputs and per-question-wording text inputs."""
+    """The training questions, pre-processed once: per-image pixel inputs, per-wording text inputs, and the stage-1
+    labels (`labels`: name → [n_images] per-image or [n_images, n_image_tokens] per-token class ids, -100 = none)."""
 
-    def __init__(self, adapter: Adapter) -> None:
-        samples = load_easy_vqa("train")
+    def __init__(self, adapter: Adapter, dataset: str) -> None:
+        samples = load_scenes("train") if dataset == "scenes" else load_easy_vqa("train")
         image_ids = sorted({s.meta["image_id"] for s in samples})
         self.image_index = {iid: i for i, iid in enumerate(image_ids)}
-        by_image = {s.meta["image_id"]: s for s in samples}
+        by_image: dict[object, Sample] = {}
+        for s in samples:
+            by_image.setdefault(s.meta["image_id"], s)
         probe_q = samples[0].question
         self.images: list[dict[str, torch.Tensor]] = []
+        encoded: list[Encoded] = []
         for iid in image_ids:
             enc = adapter.encode_one(by_image[iid].load_image(), probe_q)
             self.images.append({k: v for k, v in enc.inputs.items() if k not in TEXT_KEYS})
+            encoded.append(enc)
         first_image = by_image[image_ids[0]].load_image()
         wordings = sorted({s.question for s in samples})
         self.texts: dict[str, Encoded] = {}
@@ -88,14 +106,11 @@ class TrainData:
             enc = adapter.encode_one(first_image, q)
             self.texts[q] = Encoded({k: v for k, v in enc.inputs.items() if k in TEXT_KEYS}, enc.question_span)
         self.rows = [(s.question, s.answers[0], self.image_index[s.meta["image_id"]]) for s in samples]
-        shape = torch.full((len(image_ids),), -100)
-        color = torch.full((len(image_ids),), -100)
-        for _q, a, img in self.rows:
-            if a in SHAPES:
-                shape[img] = SHAPES.index(a)
-            elif a in COLORS:
-                color[img] = COLORS.index(a)
-        self.shape_labels, self.color_labels = shape, color
+        if dataset == "scenes":
+            firsts = [by_image[iid] for iid in image_ids]
+            self.labels = scenes_labels(adapter, firsts, encoded)
+        else:
+            self.labels = easy_vqa_labels(len(image_ids), [(a, img) for _q, a, img in self.rows])
 
     def image_batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         parts = [self.images[i] for i in idx.tolist()]
@@ -114,18 +129,21 @@ class TrainData:
 
 def train_stage1(adapter: Adapter, data: TrainData, cfg: TrainConfig, progress: Progress | None) -> float:
     dim = adapter.model.config.text_config.hidden_size
-    heads = torch.nn.ModuleDict(
-        {"shape": torch.nn.Linear(dim, len(SHAPES)), "color": torch.nn.Linear(dim, len(COLORS))}
-    )
+    classes = {name: int(labels.max()) + 1 for name, labels in data.labels.items()}
+    heads = torch.nn.ModuleDict({name: torch.nn.Linear(dim, n) for name, n in classes.items()})
     params = vision_parameters(adapter) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     loss_val = float("nan")
     for step in range(cfg.stage1_steps):
         idx = torch.randint(len(data.images), (cfg.stage1_batch,), generator=gen)
-        pooled = adapter.image_features(data.image_batch(idx)).mean(1)
-        loss = F.cross_entropy(heads["shape"](pooled), data.shape_labels[idx], ignore_index=-100)
-        loss = loss + F.cross_entropy(heads["color"](pooled), data.color_labels[idx], ignore_index=-100)
+        feats = adapter.image_features(data.image_batch(idx))  # [B, N, D]
+        pooled = feats.mean(1)
+        loss = torch.zeros(())
+        for name, head in heads.items():
+            target = data.labels[name][idx]
+            logits = head(pooled) if target.dim() == 1 else head(feats).flatten(0, 1)
+            loss = loss + F.cross_entropy(logits, target.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -163,16 +181,17 @@ def train_stage2(adapter: Adapter, data: TrainData, cfg: TrainConfig, progress: 
     return loss_val
 
 
-def train(family: str, out: Path, cfg: TrainConfig | None = None, progress: Progress | None = None) -> dict:
+def train(name: str, out: Path, cfg: TrainConfig | None = None, progress: Progress | None = None) -> dict:
     """Build, train and save one zoo model to `out` (model + processor via `save_pretrained`, and `train_log.json`)."""
-    cfg = cfg or TrainConfig()
+    cfg = cfg or recipe(name)
+    zoo = zoo_model(name)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    adapter = build_adapter(family, seed=cfg.seed)
+    adapter = build_adapter(name, seed=cfg.seed)
     adapter.model.config._attn_implementation = "sdpa"
     t0 = time.perf_counter()
-    data = TrainData(adapter)
+    data = TrainData(adapter, zoo.dataset)
     adapter.model.train()
     loss1 = train_stage1(adapter, data, cfg, progress)
     t1 = time.perf_counter()
@@ -181,7 +200,11 @@ def train(family: str, out: Path, cfg: TrainConfig | None = None, progress: Prog
     adapter.model.eval()
     save_checkpoint(adapter, out)
     log = {
-        "family": family,
+        "name": name,
+        "family": zoo.family,
+        "dataset": zoo.dataset,
+        "image_tokens": zoo.image_tokens,
+        "threads": torch.get_num_threads(),
         "params": adapter.num_params,
         "config": asdict(cfg),
         "stage1_seconds": round(t1 - t0, 1),
