@@ -90,3 +90,16 @@ def test_scenes_model_is_drawn_to_the_lure(scenes_adapter):
     # than the correct answers' (llava-scenes 0.120 vs 0.120, qwen2vl-scenes 0.090 vs 0.100): errors beside a lure
     # are not explained by the averaged attention map. Asserted as measured: within 0.05 of each other.
     assert abs(mass[wrong].mean() - mass[~wrong].mean()) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--models", "gpt5"], "unknown zoo model 'gpt5'"), (["--models", "llava-scenes", "--limit", "0"], "limit")],
+)
+def test_zoo_table_bad_input_is_one_error_line(args, message):
+    from conftest import run_cli
+
+    result = run_cli("zoo", "table", *args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""

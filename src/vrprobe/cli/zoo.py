@@ -89,9 +89,11 @@ def zoo_table(
 
     checks.options(limit=limit, seed=seed)
     names = [n.strip() for n in models.split(",")] if models else [n for n in ZOO_NAMES if (ZOO_DIR / n).is_dir()]
+    if not names:
+        raise VrprobeError("no zoo model is trained yet: run `vrprobe zoo train NAME`")
     unknown = [n for n in names if n not in ZOO_NAMES]
-    if unknown or not names:
-        raise UsageError(f"unknown zoo model '{(unknown or [''])[0]}' (known: {', '.join(ZOO_NAMES)})")
+    if unknown:
+        raise UsageError(f"unknown zoo model '{unknown[0]}' (known: {', '.join(ZOO_NAMES)})")
     facts = ["| model | data | params | image tokens | decoder layers | train time (s) | checkpoint (MB) |"]
     facts.append("|---|---|---|---|---|---|---|")
     rows: list[tuple[str, str]] = []  # (dataset, table row)

@@ -67,20 +67,13 @@ def corpus(dataset: str = "easy-vqa") -> list[str]:
     texts = list(easy_vqa.get_train_questions()[0]) + list(easy_vqa.get_test_questions()[0])
     texts += list(easy_vqa.get_answers())
     if dataset == "scenes":
-        from vrprobe.data.scenes import SPLITS, load_scenes
+        from vrprobe.data.scenes import CHOICES, SPLITS, load_scenes
 
         for split in SPLITS:
             texts += sorted({s.question for s in load_scenes(split)})
-        texts += [c for choices in scenes_choices() for c in choices]
+        texts += [c for choices in CHOICES.values() for c in choices]
     texts += [_template(LlavaAdapter), _template(PaliGemmaAdapter), _template(Qwen2VLAdapter)]
     return texts
-
-
-def scenes_choices() -> list[tuple[str, ...]]:
-    """Every answer-choice list scenes questions carry."""
-    from vrprobe.data.scenes import CHOICES
-
-    return list(CHOICES.values())
 
 
 def build_tokenizer(name: str) -> PreTrainedTokenizerFast:

@@ -15,23 +15,22 @@ import numpy as np
 import torch
 
 from vrprobe.data.sample import Sample
-from vrprobe.data.scenes import COLORS, SHAPES, SIDES
+from vrprobe.data.scenes import COLORS, NAMES, SHAPES, SIDES
 from vrprobe.models.base import Adapter, Encoded
 
-EASY_SHAPES = ("circle", "rectangle", "triangle")
-EASY_COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 MIN_COVER = 0.125  # of a cell's area
 
 
 def easy_vqa_labels(n_images: int, answers: Sequence[tuple[str, int]]) -> dict[str, torch.Tensor]:
-    """Per-image shape (3 classes) and colour (8) from (answer, image index) pairs; -100 where no question tells."""
+    """Per-image shape (3 classes) and colour (8) from (answer, image index) pairs; -100 where no question tells.
+    Class ids follow `SHAPES` and `NAMES`: easy-VQA's shapes and colours, in the order the committed zoo used."""
     shape = torch.full((n_images,), -100)
     color = torch.full((n_images,), -100)
     for a, img in answers:
-        if a in EASY_SHAPES:
-            shape[img] = EASY_SHAPES.index(a)
-        elif a in EASY_COLORS:
-            color[img] = EASY_COLORS.index(a)
+        if a in SHAPES:
+            shape[img] = SHAPES.index(a)
+        elif a in NAMES:
+            color[img] = NAMES.index(a)
     return {"shape": shape, "color": color}
 
 

@@ -52,12 +52,14 @@ class TrainConfig:
     threads: int | None = None
 
 
-#: the scenes models' recipe: longer stage 1 (dense labels, a wider tower), as many stage-2 steps as fit the hour
+#: the scenes models' recipe: longer stage 1 (dense labels, a wider tower), as many stage-2 steps as fit the hour.
+#: The committed llava-scenes and qwen2vl-scenes are shorter pilots (stage 1 800 steps, stage 2 1,500, 1 thread):
+#: `vrprobe zoo train NAME --stage1-steps 800 --stage2-steps 1500` with OMP_NUM_THREADS=1.
 SCENES = TrainConfig(stage1_steps=1200, stage1_batch=64, stage2_steps=3000, stage2_batch=64)
 
 
 def recipe(name: str) -> TrainConfig:
-    """The committed zoo model's training recipe."""
+    """The zoo model's full training recipe (the scenes pilots committed so far used fewer steps; see `SCENES`)."""
     return SCENES if zoo_model(name).dataset == "scenes" else TrainConfig()
 
 
