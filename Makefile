@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-numerics test-compat lint clean chromium
+.PHONY: demo demo-easy test test-numerics test-compat lint clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,22 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# The main job on the built-in default: the study over the three zoo models, clean and shifted (Gaussian pixel noise),
-# on a documented 1,000-question type-stratified subset of easy-VQA test so that it finishes in a few minutes on 2 cores.
-DEMO_LIMIT ?= 1000
+# The main job on the built-in default: the study over the three scenes zoo models on scenes test, its lures and its
+# test with Gaussian pixel noise, on a documented type-stratified subset (DEMO_LIMIT questions per split, DEMO_TRACE
+# traced per model, the probe trained on DEMO_PROBE scenes:train questions) so that it finishes in a few minutes on
+# 2 cores. `make demo-easy`: the easy-VQA study of the first zoo (the README's earlier figures).
+DEMO_LIMIT ?= 400
+DEMO_TRACE ?= 40
+DEMO_PROBE ?= 400
 demo: $(STAMP)
+	$(BIN)/vrprobe study --models zoo:llava-scenes,zoo:paligemma-scenes,zoo:qwen2vl-scenes \
+		--data "scenes:test,scenes:lures,scenes:test?noise=0.3" --limit $(DEMO_LIMIT) --trace-limit $(DEMO_TRACE) \
+		--probe-limit $(DEMO_PROBE) --out runs/demo --overwrite
+
+EASY_LIMIT ?= 1000
+demo-easy: $(STAMP)
 	$(BIN)/vrprobe study --models zoo:llava,zoo:paligemma,zoo:qwen2vl \
-		--data "easy-vqa:test,easy-vqa:test?noise=0.3" --limit $(DEMO_LIMIT) --out runs/demo --overwrite
+		--data "easy-vqa:test,easy-vqa:test?noise=0.3" --limit $(EASY_LIMIT) --out runs/demo-easy --overwrite
 
 # The report test opens report.html in a real headless browser: Debian's chromium, installed when missing.
 chromium:
