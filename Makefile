@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-easy test test-numerics test-compat lint clean chromium
+.PHONY: demo demo-easy test test-numerics test-compat test-polygraph lint clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,33 @@ test-compat: $(COMPAT_STAMP)
 	$(COMPAT_BIN)/python -c 'import transformers; print("transformers", transformers.__version__)'
 	$(COMPAT_BIN)/python -m pytest -q -W error::FutureWarning $(COMPAT_TESTS)
 
+# lm-polygraph's estimators against vrprobe's uncertainty baselines (tests/polygraph/), in a venv of its own so that the
+# default install never carries it: lm-polygraph 0.7.0 declares ~35 heavy dependencies (spacy, openai, bitsandbytes,
+# fschat, ...). It goes in with --no-deps, then only what `import lm_polygraph.estimators.*` needs (its package
+# __init__ imports every model wrapper and calculator): POLYGRAPH_IMPORTS, found by importing until nothing failed.
+# `make test` skips tests/polygraph/ (the tests skip themselves where lm_polygraph does not import).
+POLYGRAPH_VERSION ?= 0.7.0
+POLYGRAPH_VENV := .venv-polygraph
+POLYGRAPH_BIN := $(POLYGRAPH_VENV)/bin
+POLYGRAPH_STAMP := $(POLYGRAPH_VENV)/.installed-$(POLYGRAPH_VERSION)
+POLYGRAPH_IMPORTS := openai requests nltk sentence-transformers diskcache spacy boostedprob rouge-score sacrebleu \
+	bert-score omegaconf
+
+$(POLYGRAPH_BIN)/python:
+	$(PYTHON) -m venv $(POLYGRAPH_VENV)
+
+$(POLYGRAPH_STAMP): $(POLYGRAPH_BIN)/python pyproject.toml constraints.txt
+	$(POLYGRAPH_BIN)/pip install --quiet --upgrade pip
+	$(POLYGRAPH_BIN)/pip install --quiet torch==2.13.0
+	$(POLYGRAPH_BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(POLYGRAPH_BIN)/pip install --quiet --no-deps "lm-polygraph==$(POLYGRAPH_VERSION)"
+	$(POLYGRAPH_BIN)/pip install --quiet -c constraints.txt $(POLYGRAPH_IMPORTS)
+	rm -f $(POLYGRAPH_VENV)/.installed-*
+	touch $(POLYGRAPH_STAMP)
+
+test-polygraph: $(POLYGRAPH_STAMP)
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(POLYGRAPH_BIN)/python -m pytest -q tests/polygraph
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -86,4 +113,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) runs
+	rm -rf $(VENV) $(COMPAT_VENV) $(POLYGRAPH_VENV) runs

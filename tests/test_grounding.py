@@ -153,6 +153,8 @@ def test_grounding_record_by_hand():
     mean = [0.1875, 0.4375, 0.1875, 0.1875]
     assert r["image_size"] == [20, 20] and r["image_grid"] == [2, 2]
     assert_close(r["attention_image"], mean, dtype=np.float64, scale=1.0)
+    by_layer = [[0.25, 0.25, 0.25, 0.25], [0.125, 0.625, 0.125, 0.125]]  # each layer's head mean
+    assert_close(r["attention_image_by_layer"], by_layer, dtype=np.float64, scale=1.0)
     assert r["target_area"] == pytest.approx(0.1875, abs=1e-15)
     on = 0.1875 * 0.5 + 0.4375 * 0.25  # 0.203125
     assert_close(r["attention_on_target"], on, dtype=np.float64, scale=1.0)
@@ -164,9 +166,10 @@ def test_grounding_record_by_hand():
     assert r["pointing_hit_by_layer"] == [1.0, 1.0]  # exact: indicators (layer 0 ties: the first cell, w = 0.5)
     assert_close(r["attention_on_target_by_head"], [[0.1, 0.275], [0.1875, 0.25]], dtype=np.float64, scale=1.0)
     plain = grounding_record(replace(sample, boxes=None), geometry, p)
-    assert set(plain) == {"image_size", "image_grid", "attention_image"}
+    assert set(plain) == {"image_size", "image_grid", "attention_image", "attention_image_by_layer"}
     assert set(grounding_record(replace(sample, boxes=()), geometry, p)) == set(plain)
-    assert "attention_image" not in grounding_record(sample, replace(geometry, grid=None), p)
+    no_grid = grounding_record(sample, replace(geometry, grid=None), p)
+    assert "attention_image" not in no_grid and "attention_image_by_layer" not in no_grid
     with pytest.raises(VrprobeError, match="4 image tokens but the image geometry maps 3"):
         grounding_record(sample, replace(geometry, cells=GRID[:3]), p)
 

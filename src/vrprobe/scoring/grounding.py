@@ -36,6 +36,8 @@ DEFINITIONS = {
     "does not evenly tile the whole image (a centre crop, padding): where attention_image's cells lie",
     "attention_image": "the answer position's attention over the image tokens, renormalised over them per layer and "
     "head, averaged over heads and layers; in image-token order = row-major grid order (one-grid models); sums to 1",
+    "attention_image_by_layer": "the same per layer ([layer][cell]): each layer's renormalised attention averaged "
+    "over its heads; each row sums to 1 and the rows' mean is attention_image (one-grid models)",
     "boxes": "the sample's target boxes [x, y, w, h] in original-image pixels (grounded keys exist only with boxes)",
     "target_area": "mean over image tokens of the fraction of each token's cell inside the union of the boxes: the "
     "fraction of the image the target covers as the token cells see it (= on target of uniform attention), in [0, 1]",
@@ -84,6 +86,7 @@ def grounding_record(sample: Sample, geometry: ImageGeometry, p: np.ndarray) -> 
     if geometry.grid is not None:
         out["image_grid"] = [int(v) for v in geometry.grid]
         out["attention_image"] = mean.tolist()
+        out["attention_image_by_layer"] = p.mean(1).tolist()
         if not tiles_whole_image(cells, geometry.grid, geometry.image_size):
             out["image_cells"] = cells.tolist()
     if sample.boxes:
