@@ -13,12 +13,14 @@ __version__ = "0.1.0"
 from vrprobe.analyses.study import StudyResult  # noqa: E402
 from vrprobe.api import (  # noqa: E402
     AttributeResult,
+    CompareResult,
     CorruptResult,
     EvalResult,
     KnockoutResult,
     ProbeResult,
     TraceResult,
     attribute,
+    compare,
     corrupt,
     eval,  # noqa: A004
     knockout,
@@ -37,6 +39,7 @@ from vrprobe.runtime.devices import LoadOptions  # noqa: E402
 __all__ = [
     "Adapter",
     "AttributeResult",
+    "CompareResult",
     "CorruptResult",
     "Dataset",
     "EvalResult",
@@ -50,6 +53,7 @@ __all__ = [
     "VrprobeError",
     "__version__",
     "attribute",
+    "compare",
     "corrupt",
     "eval",
     "knockout",

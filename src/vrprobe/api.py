@@ -1,5 +1,5 @@
-"""The Python API, mirroring the CLI: `load`, `eval`, `trace`, `corrupt`, `knockout`, `attribute`, `probe`, `study`,
-`report`.
+"""The Python API, mirroring the CLI: `load`, `eval`, `trace`, `corrupt`, `knockout`, `attribute`, `probe`, `compare`,
+`study`, `report`.
 
 Each analysis takes a model spec or a model loaded once with `load`, the CLI's options as keyword arguments and the
 six loading options as one `options=LoadOptions(...)` (the six keywords themselves still work, deprecated); it writes
@@ -10,6 +10,7 @@ finishes. `knockout`, `attribute` and `probe` live in `vrprobe.analyses` and are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +21,15 @@ import torch
 from vrprobe import checks
 from vrprobe.analyses.band import AUTO_GROUPS, BandResult, auto_band, check_band_options, corrupt_band, parse_band
 from vrprobe.analyses.band import DEFINITIONS as BAND_DEFINITIONS
+from vrprobe.analyses.compare import CompareResult, plan
+from vrprobe.analyses.compare import compare as compare_signals
 from vrprobe.analyses.knockout import KnockoutResult, knockout
 from vrprobe.analyses.proxies import AttributeResult, ProbeResult, attribute, probe
+from vrprobe.analyses.signals import MODULES, SignalModule
+from vrprobe.analyses.signals.base import SignalOptions
 from vrprobe.analyses.study import StudyConfig, StudyResult, run_study
 from vrprobe.data import load_dataset, stratified_subset
-from vrprobe.errors import UsageError
+from vrprobe.errors import UsageError, VrprobeError
 from vrprobe.metrics.pope import POPE_DEFINITIONS, pope_summary
 from vrprobe.models import Adapter
 from vrprobe.registry import as_adapter, check_model, model_ref
@@ -32,7 +37,7 @@ from vrprobe.runtime import devices
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.progress import Progress
-from vrprobe.runtime.runs import RunDir, open_run, run_config
+from vrprobe.runtime.runs import RunDir, open_run, read_summary, run_config
 from vrprobe.scoring.evaluate import DEFINITIONS as EVAL_DEFINITIONS
 from vrprobe.scoring.evaluate import score_batch, summarize
 from vrprobe.tracing import DEFINITIONS as TRACE_DEFINITIONS
@@ -349,10 +354,91 @@ def study(
     return result
 
 
+def compare(
+    model: str | Adapter,
+    data: str,
+    eval_data: str,
+    *,
+    out: Path | str | None = None,
+    signals: str | Sequence[str] | None = None,
+    samples: int = 10,
+    temperature: float = 1.0,
+    cluster_percentile: float = 90.0,
+    cluster_eps: float = 1.5,
+    cluster_min_samples: int = 3,
+    limit: int | None = None,
+    train_limit: int | None = 1000,
+    batch_size: int | str = 32,
+    seed: int = 0,
+    modules: Sequence[SignalModule] = MODULES,
+    options: LoadOptions | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    make_report: bool = True,
+    **legacy: Any,
+) -> CompareResult:
+    """Every reliability signal of `modules` (or those named in `signals`) on the same `eval_data` samples, fitted
+    signals trained on `data` only: one table row per signal (see `vrprobe.analyses.compare`). A finished run in
+    `out` is read back, not recomputed."""
+    checks.options(limit=limit, seed=seed)
+    checks.positive_int("--samples", samples)
+    for name, value in (("--temperature", temperature), ("--cluster-eps", cluster_eps)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be a finite number > 0, got {value}")
+    signal_options = SignalOptions(
+        seed=seed,
+        samples=samples,
+        temperature=temperature,
+        percentile=checks.in_range("--cluster-percentile", cluster_percentile, 0, 100),
+        eps=cluster_eps,
+        min_samples=checks.positive_int("--cluster-min-samples", cluster_min_samples),
+    )
+    if train_limit is not None:
+        checks.positive_int("--train-limit", train_limit)
+    batch_size = batch_size_option(batch_size)
+    planned = plan(signals, modules)
+    names = [s.name for p in planned for s in p.signals]
+    spec, load_options = model_ref(model, LoadOptions.from_kwargs(options, legacy, "compare"))
+    fields = {"data": data, "eval_data": eval_data, "signals": names, "samples": samples, "limit": limit}
+    fields |= {"temperature": temperature, "cluster_percentile": cluster_percentile, "cluster_eps": cluster_eps}
+    fields |= {"cluster_min_samples": cluster_min_samples}
+    config = run_config("compare", spec, load_options, **fields, train_limit=train_limit, seed=seed)
+    train_set = load_dataset(data, limit=train_limit, seed=seed)
+    eval_set = load_dataset(eval_data, limit=limit, seed=seed)
+    shared = {s.id for s in train_set.samples} & {s.id for s in eval_set.samples}
+    if data.partition("?")[0] == eval_data.partition("?")[0] and shared:
+        raise UsageError(f"--eval-data {eval_data} shares samples with --data {data}: held out means held out")
+    run = open_run(out, config, overwrite)
+    stored = sorted(run.read(), key=lambda r: r["index"]) if run else []
+    if run and stored:  # the summary is written first, so a run with records and a summary is finished
+        if not (run.path / "summary.json").is_file() or len(stored) != len(eval_set.samples):
+            raise VrprobeError(f"--out {run.path} holds part of a compare run: pass --overwrite to recompute it")
+        if make_report:
+            report(run.path)
+        return CompareResult(records=stored, summary=read_summary(run.path), out=run.path)
+    adapter = as_adapter(model, load_options)
+    torch.manual_seed(seed)
+    result = compare_signals(
+        adapter,
+        eval_set.samples,
+        train_set.samples,
+        planned,
+        signal_options,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    summary = {"command": "compare", "model": _model_facts(spec, adapter), **fields, "train_limit": train_limit}
+    summary |= {"seed": seed, **result.summary}
+    if run is not None:
+        run.write_json("summary.json", summary)  # first: a crash before the records leaves a run recomputed on resume
+        run.append(result.records)
+        if make_report:
+            report(run.path)
+    return CompareResult(records=result.records, summary=summary, out=run.path if run else None)
+
+
 def report(out: Path | str) -> Path:
     """Write `report.html` for a run directory; returns its path."""
-    from vrprobe.runtime.runs import read_summary
-
     read_summary(Path(out))  # one error line for a missing, unreadable or malformed summary.json / manifest.json
     from vrprobe.reporting import build_report
 
@@ -361,12 +447,14 @@ def report(out: Path | str) -> Path:
 
 __all__ = [
     "AttributeResult",
+    "CompareResult",
     "CorruptResult",
     "EvalResult",
     "KnockoutResult",
     "ProbeResult",
     "TraceResult",
     "attribute",
+    "compare",
     "corrupt",
     "eval",
     "knockout",

@@ -184,7 +184,11 @@ def show_cmd(
     from vrprobe.runtime.runs import read_summary
 
     summary = read_summary(out)
-    if "table" in summary:
+    if summary.get("command") == "compare":
+        from vrprobe.reporting.comparison import print_comparison
+
+        print_comparison(summary)
+    elif "table" in summary:
         _print_table(summary["table"], summary.get("heads"), all_columns)
     else:
         print_summary(summary)

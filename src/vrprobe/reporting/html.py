@@ -20,6 +20,7 @@ import jinja2
 from vrprobe.errors import VrprobeError
 from vrprobe.metrics.stats import ALPHA
 from vrprobe.reporting import flow
+from vrprobe.reporting.comparison import comparison_section, is_comparison
 from vrprobe.reporting.grounding import definitions as grounding_definitions
 from vrprobe.reporting.grounding import grounding_sections, looks_right_text
 from vrprobe.reporting.sections import (
@@ -269,9 +270,9 @@ def _single(
     row = [
         Cell(v if k == "params" else cell_value(v), cls=h.cls) for h, (k, v) in zip(header, flat.items(), strict=True)
     ]
-    title = f"{flat['model']} · {summary.get('data', '')}"
+    data = str(summary.get("eval_data" if is_comparison(summary) else "data", ""))  # the data the records hold
+    title = f"{flat['model']} · {data}"
     band_row = summary if "drop_abs" in summary else None
-    data = str(summary.get("data", ""))
     column = Column(data, "shifted" if is_shifted(data) else "clean", [])
     column.plots = figures(title, records, band_row)
     traced = trace_plot(title, summary.get("grid"))
@@ -300,7 +301,12 @@ def render(out: Path) -> str:
     manifest_file = out / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     records = read_records(out)
-    page: dict[str, Any] = {"name": out.name, "study": "table" in summary, "alpha": ALPHA}
+    page: dict[str, Any] = {
+        "name": out.name,
+        "study": "table" in summary and not is_comparison(summary),
+        "alpha": ALPHA,
+    }
+    page["comparison"] = comparison_section(summary)  # None unless a compare run
     if page["study"]:
         table = summary["table"]
         models = list(dict.fromkeys(r["model"] for r in table))
@@ -328,7 +334,8 @@ def render(out: Path) -> str:
     else:
         command = manifest.get("config", {}).get("command", "run")
         model = summary.get("model", {}).get("spec", "")
-        page["subtitle"] = f"vrprobe {command} · {model} on {summary.get('data', '')}"
+        data = summary.get("eval_data" if page["comparison"] else "data", "")  # a compare run's records: eval data
+        page["subtitle"] = f"vrprobe {command} · {model} on {data}"
         page["header"], page["rows"], page["sections"] = _single(summary, records)
         page["grounding"], page["grounding_definitions"] = [], []
         page["grounding_header"], page["grounding_rows"] = [], []
