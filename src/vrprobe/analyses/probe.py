@@ -64,7 +64,7 @@ class ReliabilityProbe:
     def fit(self, X: ArrayLike, y: ArrayLike) -> ReliabilityProbe:
         from sklearn.model_selection import StratifiedKFold
 
-        X, y = _check(X, y)
+        X, y = check_xy(X, y)
         minority = int(min(y.sum(), len(y) - y.sum()))
         if minority < 2:
             raise UsageError(
@@ -81,14 +81,14 @@ class ReliabilityProbe:
             scores = [
                 np.mean(
                     [
-                        auroc(_model(C).fit(X[tr, layer], y[tr]).decision_function(X[te, layer]), y[te])
+                        auroc(layer_model(C).fit(X[tr, layer], y[tr]).decision_function(X[te, layer]), y[te])
                         for tr, te in folds
                     ]
                 )
                 for C in self.Cs
             ]
             best = int(np.nanargmax(scores))
-            self.models_[layer] = _model(self.Cs[best]).fit(X[:, layer], y)
+            self.models_[layer] = layer_model(self.Cs[best]).fit(X[:, layer], y)
             self.fits_[layer] = LayerFit(layer, float(scores[best]), float(self.Cs[best]))
         self.layers_ = layers
         self.best_layer_ = max(layers, key=lambda x: (self.fits_[x].cv_auroc, -x))
@@ -105,7 +105,7 @@ class ReliabilityProbe:
         return self.models_[layer].predict_proba(X[:, layer])[:, 1]
 
 
-def _model(C: float) -> Any:
+def layer_model(C: float) -> Any:
     """Standardisation then L2-regularised logistic regression with inverse strength C (lbfgs)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -114,7 +114,8 @@ def _model(C: float) -> Any:
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
 
 
-def _check(X: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def check_xy(X: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Probe features as float64 [samples, layers, dim] and 0/1 labels [samples]; one `UsageError` otherwise."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).ravel()
     if X.ndim != 3 or X.shape[0] != y.shape[0]:

@@ -19,9 +19,11 @@ import torch
 
 from vrprobe import checks
 from vrprobe.analyses.probe import STABILITY_NOISE, ReliabilityProbe, features
+from vrprobe.analyses.saved_probe import cross_fit_calibrator, model_fingerprint, save_probe
 from vrprobe.data import load_dataset
 from vrprobe.data.shift import shift_images
 from vrprobe.errors import UsageError
+from vrprobe.metrics.calibration import ece
 from vrprobe.metrics.selective import auroc, auroc_interval, selective
 from vrprobe.models import Adapter
 from vrprobe.registry import as_adapter, model_ref
@@ -45,6 +47,12 @@ DEFINITIONS = {
     "bootstrap interval over samples (1,000 resamples)",
     "aurc": "area under the risk–coverage curve: mean over k of the error rate of the k most trusted answers",
     "accuracy_at_C": "accuracy of the C% most trusted answers",
+    "reliability_calibrated": "calibrator(reliability): Platt or isotonic, whichever has the lower log loss on "
+    "held-out training scores; fitted on the probe's cross-fitted (out-of-fold) scores of the training data only",
+    "ece_reliability / ece_reliability_raw / ece_confidence": "ECE (15 uniform bins, vrprobe.metrics.calibration.ece)"
+    " of reliability_calibrated, of the uncalibrated reliability and of the confidence, against correctness",
+    "probe/": "the saved probe (--out only): the `probe` signal's best layer and its calibrator, without pickle "
+    "(vrprobe.analyses.saved_probe: weights.safetensors and probe.json)",
     "signals": "confidence (probability), sharpness (negated entropy, nats: sharper = more trusted), margin (top-1 "
     "minus top-2 log-probability over the candidates, nats), probe, probe_image_mean, probe_label_free (probability)",
 }
@@ -133,6 +141,7 @@ def probe(
         "probe_label_free": ReliabilityProbe(layers, seed=seed).fit(features(train, "last"), stable),
     }
     feature_of = {"probe": "last", "probe_image_mean": "image_mean", "probe_label_free": "last"}
+    calibrator, calibration = cross_fit_calibrator(probes["probe"], features(train, "last"), y, seed=seed)
     evaluations: dict[str, dict[str, Any]] = {}
     all_records: list[dict[str, Any]] = []
     for spec, ds in zip(specs, test_sets, strict=True):
@@ -147,9 +156,14 @@ def probe(
                 per_layer.append({"signal": name, "layer": layer, "auroc": auroc(s, correct), "ci": list(ci)})
             for r, v in zip(test, p.predict_proba(X), strict=True):
                 r[name.replace("probe", "reliability")] = float(v)
+        raw = np.array([r["reliability"] for r in test])
+        for r, v in zip(test, calibrator.predict(raw), strict=True):
+            r["reliability_calibrated"] = float(v)
         signals = ["confidence", "sharpness", "margin", "probe", "probe_image_mean", "probe_label_free"]
         columns = {"probe": "reliability", "probe_image_mean": "reliability_image_mean"}
         columns["probe_label_free"] = "reliability_label_free"
+        calibrated = np.array([r["reliability_calibrated"] for r in test])
+        confidence = np.array([r["confidence"] for r in test], dtype=float)
         summaries = {}
         for name in signals:
             values = signal_values(test, columns.get(name, name))
@@ -160,10 +174,12 @@ def probe(
             "accuracy": float(correct.mean()),
             "auroc": per_layer,
             "selective": summaries,
+            "ece_reliability": ece(calibrated, correct),
+            "ece_reliability_raw": ece(raw, correct),
+            "ece_confidence": ece(confidence, correct) if np.isfinite(confidence).all() else None,
         }
-        all_records += [
-            {**{k: r.get(k) for k in KEPT}, "data": spec, **{c: r[c] for c in columns.values()}} for r in test
-        ]
+        kept = [*columns.values(), "reliability_calibrated"]
+        all_records += [{**{k: r.get(k) for k in KEPT}, "data": spec, **{c: r[c] for c in kept}} for r in test]
     first = evaluations[specs[0]]["selective"]
     summary = {
         "model": model_spec,
@@ -180,11 +196,24 @@ def probe(
         "auroc_confidence_ci": first["confidence"]["ci"],
         "auroc_probe": first["probe"]["auroc"],
         "auroc_probe_ci": first["probe"]["ci"],
+        "calibrator": calibration,
+        "ece_reliability": evaluations[specs[0]]["ece_reliability"],
+        "ece_confidence": evaluations[specs[0]]["ece_confidence"],
         "evaluations": evaluations,
         "definitions": DEFINITIONS,
     }
     if run is not None:
         run.append(all_records)
+        metrics = {k: summary[k] for k in ("auroc_probe", "ece_reliability", "ece_confidence", "n_train")}
+        fingerprint = {**model_fingerprint(adapter), "name": model_spec}
+        save_probe(
+            run.path / "probe",
+            probes["probe"],
+            feature="last",
+            calibrator=calibrator,
+            fingerprint=fingerprint,
+            metrics={**metrics, "eval_data": specs[0], "train_data": data},
+        )
         run.write_json("summary.json", summary)
     return ProbeResult(records=all_records, summary=summary, out=run.path if run else None)
 
