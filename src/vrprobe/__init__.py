@@ -2,7 +2,8 @@
 
 Python API (mirrors the CLI): `vrprobe.load` (a model loaded once, for several analyses), `vrprobe.eval`,
 `vrprobe.trace`, `vrprobe.corrupt`, `vrprobe.knockout`, `vrprobe.attribute`, `vrprobe.probe`, `vrprobe.study`,
-`vrprobe.report`, returning `EvalResult`, `TraceResult`, `CorruptResult`, `KnockoutResult`, `AttributeResult`,
+`vrprobe.report`, `vrprobe.score` (a saved probe's reliability on new data; `vrprobe.Scorer` for in-memory images),
+returning `EvalResult`, `TraceResult`, `CorruptResult`, `KnockoutResult`, `AttributeResult`,
 `ProbeResult`, `StudyResult` and the report's path. Each takes a spec or a loaded model, and the loading options as one
 `options=LoadOptions(...)`.
 Building blocks: `load_adapter(spec)` (models), `load_dataset(spec)` (data), `vrprobe.scoring.evaluate.score_batch`.
@@ -10,6 +11,7 @@ Building blocks: `load_adapter(spec)` (models), `load_dataset(spec)` (data), `vr
 
 __version__ = "0.1.0"
 
+from vrprobe.analyses.scorer import Scorer  # noqa: E402
 from vrprobe.analyses.study import StudyResult  # noqa: E402
 from vrprobe.api import (  # noqa: E402
     AttributeResult,
@@ -27,6 +29,7 @@ from vrprobe.api import (  # noqa: E402
     load,
     probe,
     report,
+    score,
     study,
     trace,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "LoadOptions",
     "ProbeResult",
     "Sample",
+    "Scorer",
     "StudyResult",
     "TraceResult",
     "UsageError",
@@ -62,6 +66,7 @@ __all__ = [
     "load_dataset",
     "probe",
     "report",
+    "score",
     "study",
     "trace",
 ]

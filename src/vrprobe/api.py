@@ -1,5 +1,5 @@
 """The Python API, mirroring the CLI: `load`, `eval`, `trace`, `corrupt`, `knockout`, `attribute`, `probe`, `compare`,
-`study`, `report`.
+`study`, `report`, `score`.
 
 Each analysis takes a model spec or a model loaded once with `load`, the CLI's options as keyword arguments and the
 six loading options as one `options=LoadOptions(...)` (the six keywords themselves still work, deprecated); it writes
@@ -25,6 +25,8 @@ from vrprobe.analyses.compare import CompareResult, plan
 from vrprobe.analyses.compare import compare as compare_signals
 from vrprobe.analyses.knockout import KnockoutResult, knockout
 from vrprobe.analyses.proxies import AttributeResult, ProbeResult, attribute, probe
+from vrprobe.analyses.scorer import DEFINITIONS as SCORE_DEFINITIONS
+from vrprobe.analyses.scorer import Scorer, score_summary
 from vrprobe.analyses.signals import MODULES, SignalModule
 from vrprobe.analyses.signals.base import SignalOptions
 from vrprobe.analyses.study import StudyConfig, StudyResult, run_study
@@ -437,6 +439,47 @@ def compare(
     return CompareResult(records=result.records, summary=summary, out=run.path if run else None)
 
 
+def score(
+    model: str | Adapter,
+    probe: Path | str,
+    data: str,
+    *,
+    out: Path | str | None = None,
+    limit: int | None = None,
+    batch_size: int | str = 32,
+    seed: int = 0,
+    options: LoadOptions | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Answer `data` and score each answer's reliability with the saved probe in `probe` (`vrprobe probe` writes it
+    to OUT/probe), from one forward per batch (see `vrprobe.analyses.scorer`); resumable like `eval`."""
+    checks.options(limit=limit, seed=seed)
+    batch_size = batch_size_option(batch_size)
+    spec, load_options = model_ref(model, options)
+    dataset = load_dataset(data, limit=limit, seed=seed)
+    scorer = Scorer.load(probe, model, load_options)  # refuses another model's probe before --out is touched
+    fields = {"probe": str(Path(probe).resolve()), "data": data, "limit": limit, "seed": seed}
+    run = open_run(out, run_config("score", spec, load_options, **fields), overwrite)
+    torch.manual_seed(seed)
+    scorer.batch_size = choose_batch_size(scorer.adapter, dataset.samples, batch_size)
+    done = {r[0] for r in run.done(("sample_id",))} if run else set()
+    records: list[dict[str, Any]] = []
+
+    def work(indices: list[int], chunk: list[Any]) -> None:
+        rows = [{**r, "index": i} for i, r in zip(indices, scorer.score_samples(chunk), strict=True)]
+        run.append(rows) if run else records.extend(rows)
+
+    used = run_batches(dataset.samples, scorer.batch_size, work, done=done, progress=progress, stage=f"score {spec}")
+    records = sorted(run.read() if run else records, key=lambda r: r["index"])
+    summary = {**score_summary(records), "model": _model_facts(spec, scorer.adapter), **fields}
+    summary |= {"probe_layer": scorer.probe.layer, "batch_size": {"requested": batch_size, "used": used}}
+    summary["definitions"] = SCORE_DEFINITIONS
+    if run is not None:
+        run.write_json("summary.json", summary)
+    return EvalResult(records=records, summary=summary, out=run.path if run else None)
+
+
 def report(out: Path | str) -> Path:
     """Write `report.html` for a run directory; returns its path."""
     read_summary(Path(out))  # one error line for a missing, unreadable or malformed summary.json / manifest.json
@@ -461,6 +504,7 @@ __all__ = [
     "load",
     "probe",
     "report",
+    "score",
     "study",
     "trace",
 ]

@@ -4,10 +4,11 @@ in vrprobe imports this package.
 - `app.py`: the typer app, its root options and the console entry point `main`.
 - `options.py`: the option types every command shares, the loading options (`with_load_options`), progress bars.
 - `run.py`: `eval`, `trace`, `corrupt`, `study`, `report`, `show`.
-- `knockout.py`: `knockout`; `proxies.py`: `probe`, `attribute`; `compare.py`: `compare`; `zoo.py`: `zoo train`.
+- `knockout.py`: `knockout`; `proxies.py`: `probe`, `attribute`; `compare.py`: `compare`; `score.py`: `score`;
+  `zoo.py`: `zoo train`.
 """
 
-from vrprobe.cli import compare, knockout, proxies, run, zoo  # noqa: F401  (each module registers its commands on `app`)
+from vrprobe.cli import compare, knockout, proxies, run, score, zoo  # noqa: F401  (each module registers its commands on `app`)
 from vrprobe.cli.app import app, main
 
 __all__ = ["app", "main"]
