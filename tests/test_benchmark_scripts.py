@@ -118,3 +118,16 @@ def test_real_shape_runs_and_engine_matches_reference():
     assert m, lines[-1]
     assert float(m.group(4)) <= 1e-4 and all(spread_ok(m, i) for i in (1, 5, 8, 12))
     assert all(float(m.group(i)) > 0 for i in (5, 8, 11))
+
+
+def test_score_cost_runs_and_score_answers_as_eval_does():
+    args = ["--limit", "24", "--train-limit", "120", "--repeats", "2", "--threads", "1"]
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "score_cost.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(CPU, lines[0]), lines[0]
+    m = re.fullmatch(rf"score_cost: eval={SPREAD} score={SPREAD} ratio={SPREAD}", lines[-1])
+    assert m, lines[-1]
+    assert all(spread_ok(m, i) for i in (1, 4, 7))
