@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vrprobe.data import Sample
+from vrprobe.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,9 @@ class SignalOptions:
     percentile: float = 90.0  # map cells at or above this percentile enter DBSCAN
     eps: float = 1.5  # DBSCAN neighbourhood, in grid cells
     min_samples: int = 3  # DBSCAN core-point size
+
+
+def check_paired(samples: Sequence[Sample], records: Sequence[dict[str, Any]]) -> None:
+    """One clean record per sample, in the same order, or one `UsageError` naming both counts."""
+    if len(samples) != len(records):
+        raise UsageError(f"{len(samples)} samples but {len(records)} records: one clean record per sample")

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet
+from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet, check_paired
 from vrprobe.data import Sample
 from vrprobe.errors import VrprobeError
 from vrprobe.metrics.uncertainty import mean_token_entropy, p_true, sequence_probability
@@ -189,8 +189,7 @@ def compute(
 ) -> list[dict[str, float]]:
     """{`msp`, `token_entropy`, `p_true`} per sample (the contract of `vrprobe.analyses.signals.base`), `CHUNK`
     samples per forward; fits nothing and draws nothing (`options`, `train` unused)."""
-    if len(samples) != len(records):
-        raise VrprobeError(f"baselines: {len(samples)} samples but {len(records)} records")
+    check_paired(samples, records)
     words = truth_tokens(adapter) if samples else None
     if samples and words is None:
         warnings.warn(f"{adapter.name}: no single tokens for True/False or Yes/No: P(True) is NaN", stacklevel=2)

@@ -39,9 +39,8 @@ from typing import Any
 import torch
 
 from vrprobe.analyses.band import AUTO_GROUPS, auto_band, band_edits, corrupt_batch, layer_sigmas
-from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet
+from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet, check_paired
 from vrprobe.data import Sample, stratified_subset
-from vrprobe.errors import UsageError
 from vrprobe.models import Adapter
 from vrprobe.tracing import TRACE_GROUPS, TraceConfig, Tracer, measure_sigma, trace_dataset
 
@@ -198,8 +197,7 @@ def band_values(
     adapter: Adapter, samples: Sequence[Sample], records: Sequence[dict[str, Any]], band: Band, seed: int = 0
 ) -> list[dict[str, float]]:
     """{`band_drop`, `trace_concentration`} per sample under a chosen `band` (`band_drops`, `trace_concentrations`)."""
-    if len(samples) != len(records):
-        raise UsageError(f"{len(samples)} samples but {len(records)} records: one clean record per sample")
+    check_paired(samples, records)
     drops = band_drops(adapter, samples, records, band, seed=seed)
     shares = trace_concentrations(adapter, samples, band.sigma, seed=seed)
     return [{"band_drop": d, "trace_concentration": c} for d, c in zip(drops, shares, strict=True)]
@@ -214,8 +212,7 @@ def compute(
 ) -> list[dict[str, float]]:
     """{`band_drop`, `trace_concentration`} per sample (the contract of `vrprobe.analyses.signals.base`):
     `band_values` under `choose_band(adapter, samples, train, options.seed)`."""
-    if len(samples) != len(records):
-        raise UsageError(f"{len(samples)} samples but {len(records)} records: one clean record per sample")
+    check_paired(samples, records)
     if not samples:
         return []
     return band_values(adapter, samples, records, choose_band(adapter, samples, train, options.seed), options.seed)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet
+from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet, check_paired
 from vrprobe.data import Sample
 from vrprobe.errors import VrprobeError
 from vrprobe.metrics.lens import lock_depth, lock_layer, margin
@@ -107,8 +107,7 @@ def compute(
 ) -> list[dict[str, float]]:
     """`lens_lock_layer`, `lens_lock_depth` and `lens_margin` of each sample, from its clean record's `hidden_last`
     (no forward of its own; `options` and `train` are not used)."""
-    if len(samples) != len(records):
-        raise VrprobeError(f"logit lens: {len(samples)} samples but {len(records)} records")
+    check_paired(samples, records)
     rows = []
     for sample, record in zip(samples, records, strict=True):
         answers = lens_answers(adapter, sample, record)

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet
+from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet, check_paired
 from vrprobe.data import Sample
 from vrprobe.errors import VrprobeError
 from vrprobe.metrics.maps import cluster_count, entropy_by_layer, entropy_rebound, lock_layer, spatial_entropy
@@ -92,8 +92,7 @@ def compute(
     """Each sample's {column: value} for `SIGNALS`, read off its clean record (`records[i]` belongs to
     `samples[i]`); fits nothing, so `train` is ignored, and runs no forward, so `adapter` is unused. Raises
     `VrprobeError` when samples and records differ in number, or a record's map does not fit its grid."""
-    if len(samples) != len(records):
-        raise VrprobeError(f"{len(samples)} samples but {len(records)} records")
+    check_paired(samples, records)
     out = []
     for s, r in zip(samples, records, strict=True):
         try:

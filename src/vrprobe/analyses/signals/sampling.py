@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet
+from vrprobe.analyses.signals.base import Signal, SignalOptions, TrainSet, check_paired
 from vrprobe.data import Sample
 from vrprobe.data.answers import normalize_answer
 from vrprobe.errors import UsageError
@@ -179,8 +179,7 @@ def compute(
 ) -> list[dict[str, float]]:
     """Per sample: `self_consistency`, `semantic_entropy` and `eigenscore` of its N sampled answers (module
     docstring), the greedy answer being the clean record's `predicted`. `train` is unused (nothing is fitted)."""
-    if len(samples) != len(records):
-        raise ValueError(f"{len(samples)} samples but {len(records)} records")
+    check_paired(samples, records)
     if options.samples < 1:
         raise UsageError(f"the sampling signals need at least one sampled answer, got {options.samples}")
     if options.temperature <= 0:
