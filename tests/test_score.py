@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -107,3 +113,48 @@ def test_a_rerun_resumes_without_duplicates(scored):
     after = read_records(out)
     assert len(after) == 20 and [x["sample_id"] for x in after] == [x["sample_id"] for x in before]
     assert len(list((out / "records").glob("part-*.parquet"))) == len(list((out / "records").glob("*")))
+
+
+@pytest.mark.slow
+def test_kill_9_mid_score_then_resume_matches_uninterrupted(probe_dir, tmp_path):
+    """`vrprobe score` killed with SIGKILL after a few batches: every part written is readable, no summary yet; the
+    rerun with the same --out writes the rest, none lost or duplicated, and equals an uninterrupted run."""
+    args = ["--model", "zoo:llava", "--probe", str(probe_dir), "--data", "easy-vqa:test", "--limit", "400"]
+    args += ["--batch-size", "2"]
+    whole = tmp_path / "whole"
+    assert run_cli("score", *args, "--out", str(whole)).returncode == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-c", "from vrprobe.cli import main; main()", "--quiet", "score", *args]
+    cmd += ["--out", str(killed)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    parts = killed / "records"
+    while (not parts.is_dir() or len(list(parts.glob("part-*.parquet"))) < 5) and proc.poll() is None:
+        assert time.time() < deadline, "no records after 120 s"
+        time.sleep(0.01)
+    assert proc.poll() is None, "score finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = read_records(killed)
+    assert 0 < len(before) < 400 and not (killed / "summary.json").exists()
+    r = run_cli("score", *args, "--out", str(killed))
+    assert r.returncode == 0, r.stderr
+    after = read_records(killed)
+    ids = Counter(x["sample_id"] for x in after)
+    assert len(ids) == 400 and max(ids.values()) == 1  # none lost, none duplicated
+    assert {x["sample_id"] for x in before} <= set(ids)
+    expected = {x["sample_id"]: x for x in read_records(whole)}
+    got = {x["sample_id"]: x for x in after}
+    assert {k: v["predicted"] for k, v in got.items()} == {k: v["predicted"] for k, v in expected.items()}
+    for key in ("confidence", "reliability", "reliability_raw"):
+        assert_close(
+            [got[k][key] for k in sorted(got)],
+            [expected[k][key] for k in sorted(got)],
+            dtype=np.float32,
+            scale=1.0,
+            ulps=FORWARD,
+            what=key,
+        )
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (whole, killed))
+    assert a["n"] == b["n"] == 400 and a["accuracy"] == b["accuracy"]
