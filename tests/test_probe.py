@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import vrprobe
 from vrprobe.analyses.probe import ReliabilityProbe, features
 from vrprobe.analyses.proxies import collect
 from vrprobe.data import load_dataset
@@ -108,3 +111,36 @@ def test_probe_command_bad_inputs(tmp_path, extra, message):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert not (out / "summary.json").exists()
+
+
+def test_probe_report_says_whether_the_calibrated_score_transfers(tmp_path):
+    specs = ["easy-vqa:test", "easy-vqa:test?occlude=0.25"]
+    run = vrprobe.probe("zoo:llava", "easy-vqa:train", specs, out=tmp_path / "probe", limit=100, layers=[2, 3])
+    s = json.loads((run.out / "summary.json").read_text())
+    for ev in s["evaluations"].values():
+        for key in ("auroc_reliability", "ece_reliability", "ece_reliability_raw", "ece_confidence"):
+            lo, hi = ev[f"{key}_ci"]
+            assert 0 <= lo <= hi <= 1 and 0 <= ev[key] <= 1, key
+    assert s["ece_reliability_ci"] == s["evaluations"][specs[0]]["ece_reliability_ci"]
+    html = Path(vrprobe.report(run.out)).read_text()
+    table = html[html.index('<table id="transfer-table"') :]
+    table = table[: table.index("</table>")]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
+    assert [r[0] for r in rows] == ["easy-vqa:test (test)", "easy-vqa:test?occlude=0.25 (transfer)"]
+
+    def interval(value, ci):
+        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    for row, spec in zip(rows, specs, strict=True):
+        ev = s["evaluations"][spec]
+        conf = ev["selective"]["confidence"]
+        assert row[1:] == [
+            str(ev["n"]),
+            f"{ev['accuracy']:#.3g}",
+            interval(ev["auroc_reliability"], ev["auroc_reliability_ci"]),
+            interval(conf["auroc"], conf["ci"]),
+            interval(ev["ece_reliability"], ev["ece_reliability_ci"]),
+            interval(ev["ece_confidence"], ev["ece_confidence_ci"]),
+        ]
+    # one column of figures per eval set, each from its own records
+    assert [html.count(f'data-plot="reliability zoo:llava · {spec}"') for spec in specs] == [1, 1]

@@ -23,7 +23,7 @@ from vrprobe.analyses.saved_probe import cross_fit_calibrator, model_fingerprint
 from vrprobe.data import load_dataset
 from vrprobe.data.shift import shift_images
 from vrprobe.errors import UsageError
-from vrprobe.metrics.calibration import ece
+from vrprobe.metrics.reliability_bins import ece_interval
 from vrprobe.metrics.selective import auroc, auroc_interval, selective
 from vrprobe.models import Adapter
 from vrprobe.registry import as_adapter, model_ref
@@ -50,7 +50,11 @@ DEFINITIONS = {
     "reliability_calibrated": "calibrator(reliability): Platt or isotonic, whichever has the lower log loss on "
     "held-out training scores; fitted on the probe's cross-fitted (out-of-fold) scores of the training data only",
     "ece_reliability / ece_reliability_raw / ece_confidence": "ECE (15 uniform bins, vrprobe.metrics.calibration.ece)"
-    " of reliability_calibrated, of the uncalibrated reliability and of the confidence, against correctness",
+    " of reliability_calibrated, of the uncalibrated reliability and of the confidence, against correctness; each "
+    "with `_ci`, its 95% percentile-bootstrap interval over samples (1,000 resamples, the run's seed: "
+    "vrprobe.metrics.reliability_bins.ece_interval)",
+    "auroc_reliability": "AUROC of reliability_calibrated, with `_ci` (as auroc); equal to the probe's own AUROC "
+    "except where an isotonic calibrator maps different scores to one value (ties)",
     "probe/": "the saved probe (--out only): the `probe` signal's best layer and its calibrator, without pickle "
     "(vrprobe.analyses.saved_probe: weights.safetensors and probe.json)",
     "signals": "confidence (probability), sharpness (negated entropy, nats: sharper = more trusted), margin (top-1 "
@@ -169,15 +173,18 @@ def probe(
             values = signal_values(test, columns.get(name, name))
             if np.isfinite(values).all():
                 summaries[name] = selective(name, values, correct, seed=seed).to_dict()
+        calibrated_auroc = selective("reliability_calibrated", calibrated, correct, seed=seed).to_dict()
         evaluations[spec] = {
             "n": len(test),
             "accuracy": float(correct.mean()),
             "auroc": per_layer,
             "selective": summaries,
-            "ece_reliability": ece(calibrated, correct),
-            "ece_reliability_raw": ece(raw, correct),
-            "ece_confidence": ece(confidence, correct) if np.isfinite(confidence).all() else None,
+            "auroc_reliability": calibrated_auroc["auroc"],
+            "auroc_reliability_ci": calibrated_auroc["ci"],
         }
+        for name, v in (("reliability", calibrated), ("reliability_raw", raw), ("confidence", confidence)):
+            value, bounds = ece_interval(v, correct, seed=seed) if np.isfinite(v).all() else (None, (None, None))
+            evaluations[spec].update({f"ece_{name}": value, f"ece_{name}_ci": list(bounds)})
         kept = [*columns.values(), "reliability_calibrated"]
         all_records += [{**{k: r.get(k) for k in KEPT}, "data": spec, **{c: r[c] for c in kept}} for r in test]
     first = evaluations[specs[0]]["selective"]
@@ -198,7 +205,9 @@ def probe(
         "auroc_probe_ci": first["probe"]["ci"],
         "calibrator": calibration,
         "ece_reliability": evaluations[specs[0]]["ece_reliability"],
+        "ece_reliability_ci": evaluations[specs[0]]["ece_reliability_ci"],
         "ece_confidence": evaluations[specs[0]]["ece_confidence"],
+        "ece_confidence_ci": evaluations[specs[0]]["ece_confidence_ci"],
         "evaluations": evaluations,
         "definitions": DEFINITIONS,
     }

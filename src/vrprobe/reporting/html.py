@@ -23,6 +23,7 @@ from vrprobe.reporting import flow
 from vrprobe.reporting.comparison import comparison_section, is_comparison
 from vrprobe.reporting.grounding import definitions as grounding_definitions
 from vrprobe.reporting.grounding import grounding_sections, looks_right_text
+from vrprobe.reporting.probe import is_probe, transfer_section
 from vrprobe.reporting.sections import (
     SIGNALS,
     Column,
@@ -261,8 +262,9 @@ def _half_cell(half: dict[str, Any] | None) -> Cell:
 def _single(
     summary: dict[str, Any], records: Sequence[dict[str, Any]]
 ) -> tuple[list[Cell], list[list[Cell]], list[ModelSection]]:
-    """An eval, trace or corrupt run: one summary row and one section with its figures."""
-    model = summary.get("model", {})
+    """An eval, trace, corrupt or probe run: one summary row and one section with its figures (a probe run: a
+    column per eval set)."""
+    model = _model(summary)
     flat: dict[str, Any] = {"model": model.get("spec", "model"), "params": params(model.get("params"))}
     flat.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list)) or k == "band"})
     flat.update({f"accuracy ({k})": v for k, v in summary.get("accuracy_by_type", {}).items()})
@@ -278,7 +280,23 @@ def _single(
     traced = trace_plot(title, summary.get("grid"))
     if traced:
         column.plots.append(traced)
-    return header, [row], [ModelSection(str(flat["model"]), f"{flat['params']} parameters", [column])]
+    columns = [column]
+    if is_probe(summary):  # a probe run's records hold every eval set: a column each
+        columns = [
+            Column(
+                spec, "shifted" if is_shifted(spec) else "clean", [], figures(f"{flat['model']} · {spec}", recs, None)
+            )
+            for spec in summary.get("eval_data", [])
+            for recs in [[r for r in records if r.get("data") == spec]]
+        ]
+    facts = "" if flat["params"] == "n/a" else f"{flat['params']} parameters"  # a probe run does not count them
+    return header, [row], [ModelSection(str(flat["model"]), facts, columns)]
+
+
+def _model(summary: dict[str, Any]) -> dict[str, Any]:
+    """The run's model as a dict with its `spec` (a probe run's summary names it by its spec alone)."""
+    model = summary.get("model", {})
+    return model if isinstance(model, dict) else {"spec": str(model)}
 
 
 def _environment() -> jinja2.Environment:
@@ -307,6 +325,7 @@ def render(out: Path) -> str:
         "alpha": ALPHA,
     }
     page["comparison"] = comparison_section(summary)  # None unless a compare run
+    page["transfer"] = transfer_section(summary)  # None unless a probe run
     if page["study"]:
         table = summary["table"]
         models = list(dict.fromkeys(r["model"] for r in table))
@@ -333,7 +352,7 @@ def render(out: Path) -> str:
         page["grounding_definitions"] = grounding_definitions(summary) if page["grounding"] else []
     else:
         command = manifest.get("config", {}).get("command", "run")
-        model = summary.get("model", {}).get("spec", "")
+        model = _model(summary).get("spec", "")
         data = summary.get("eval_data" if page["comparison"] else "data", "")  # a compare run's records: eval data
         page["subtitle"] = f"vrprobe {command} · {model} on {data}"
         page["header"], page["rows"], page["sections"] = _single(summary, records)
