@@ -131,3 +131,19 @@ def test_score_cost_runs_and_score_answers_as_eval_does():
     m = re.fullmatch(rf"score_cost: eval={SPREAD} score={SPREAD} ratio={SPREAD}", lines[-1])
     assert m, lines[-1]
     assert all(spread_ok(m, i) for i in (1, 4, 7))
+
+
+def test_serve_load_runs_both_servers_and_prints_each_level():
+    args = ["--clients", "1,2", "--requests", "4", "--repeats", "2", "--train-limit", "120", "--threads", "1"]
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "serve_load.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(CPU, lines[0]), lines[0]
+    side = r"{0}_rps={1} {0}_p50_ms={1} {0}_p95_ms={1}"
+    pattern = rf"serve_load: clients=(\d+) {side.format('on', SPREAD)} {side.format('off', SPREAD)} speedup={SPREAD}"
+    matches = [re.fullmatch(pattern, line) for line in lines[-2:]]
+    assert all(matches), lines
+    assert [m.group(1) for m in matches] == ["1", "2"]
+    assert all(spread_ok(m, i) for m in matches for i in range(2, 21, 3))

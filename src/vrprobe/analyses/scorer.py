@@ -9,6 +9,11 @@ sample has reference answers (else None). The hidden arrays are not returned.
 
 `scorer(images, questions, choices=None)` does the same for PIL images and question strings: without choices the
 question is open-ended (greedy generation), with choices closed-set (candidate scoring).
+
+With `attention=True` (either call) each record also gets `attention`: the answer position's attention over the
+image, from the same forward (`attention_image` of `score_batch`: averaged over layers and heads, renormalised over
+the image tokens, so it sums to 1), as a list of `rows` lists of `cols` floats in the image token grid's row-major
+order (`image_grid`); None for a model whose image tokens form no single grid (tiled processors).
 """
 
 from __future__ import annotations
@@ -74,12 +79,12 @@ class Scorer:
         probe = load_probe(probe_dir)
         return cls(as_adapter(model, options), probe, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
-    def _score(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    def _score(self, samples: Sequence[Sample], attention: bool = False) -> list[dict[str, Any]]:
         scored = score_batch(self.adapter, samples, hidden=True, max_new_tokens=self.max_new_tokens)
         X = np.stack([r["hidden_last"] for r in scored])  # [n, L, D]
         raw = self.probe.predict_raw(X)
         calibrated = self.probe.calibrator.predict(raw)
-        return [
+        records = [
             {
                 "sample_id": s.id,
                 "question": s.question,
@@ -91,10 +96,14 @@ class Scorer:
             }
             for s, r, c, p in zip(samples, scored, calibrated, raw, strict=True)
         ]
+        if attention:
+            for record, r in zip(records, scored, strict=True):
+                record["attention"] = _attention_map(r)
+        return records
 
-    def score_samples(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    def score_samples(self, samples: Sequence[Sample], *, attention: bool = False) -> list[dict[str, Any]]:
         """One record per sample, in order (module docstring): batches of `batch_size` samples of one kind (closed
-        set or open-ended)."""
+        set or open-ended); `attention=True` adds each answer's attention map."""
         out: list[dict[str, Any]] = []
         pos = 0
         while pos < len(samples):
@@ -102,7 +111,7 @@ class Scorer:
             end = pos
             while end < len(samples) and end - pos < self.batch_size and bool(samples[end].choices) == closed:
                 end += 1
-            out += self._score(samples[pos:end])
+            out += self._score(samples[pos:end], attention)
             pos = end
         return out
 
@@ -110,10 +119,13 @@ class Scorer:
         self,
         images: Sequence[Image.Image] | Image.Image,
         questions: Sequence[str] | str,
-        choices: Sequence[Sequence[str]] | Sequence[str] | None = None,
+        choices: Sequence[Sequence[str] | None] | Sequence[str] | None = None,
+        *,
+        attention: bool = False,
     ) -> list[dict[str, Any]]:
         """Score questions about in-memory images: `choices` None (open-ended), one candidate list for every
-        question, or one list per question (None for an open-ended one)."""
+        question, or one list per question (None for an open-ended one); `attention=True` adds each answer's
+        attention map."""
         images = [images] if isinstance(images, Image.Image) else list(images)
         questions = [questions] if isinstance(questions, str) else list(questions)
         if len(images) != len(questions):
@@ -137,7 +149,16 @@ class Scorer:
             )
             for i, (im, q, c) in enumerate(zip(images, questions, per, strict=True))
         ]
-        return self.score_samples(samples)
+        return self.score_samples(samples, attention=attention)
+
+
+def _attention_map(record: dict[str, Any]) -> list[list[float]] | None:
+    """`attention_image` (row-major, rows · cols values) of a `score_batch` record as `rows` lists of `cols`."""
+    grid, flat = record.get("image_grid"), record.get("attention_image")
+    if grid is None or flat is None:
+        return None
+    rows, cols = grid
+    return [[float(v) for v in flat[r * cols : (r + 1) * cols]] for r in range(rows)]
 
 
 def _rgb(image: Image.Image) -> Any:

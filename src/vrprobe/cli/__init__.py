@@ -5,10 +5,10 @@ in vrprobe imports this package.
 - `options.py`: the option types every command shares, the loading options (`with_load_options`), progress bars.
 - `run.py`: `eval`, `trace`, `corrupt`, `study`, `report`, `show`.
 - `knockout.py`: `knockout`; `proxies.py`: `probe`, `attribute`; `compare.py`: `compare`; `score.py`: `score`;
-  `zoo.py`: `zoo train`.
+  `serve.py`: `serve`; `zoo.py`: `zoo train`.
 """
 
-from vrprobe.cli import compare, knockout, proxies, run, score, zoo  # noqa: F401  (each module registers its commands on `app`)
+from vrprobe.cli import compare, knockout, proxies, run, score, serve, zoo  # noqa: F401  (each module registers its commands on `app`)
 from vrprobe.cli.app import app, main
 
 __all__ = ["app", "main"]
