@@ -15,7 +15,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,ray]"
 	touch $(STAMP)
 
 # The main job on the built-in default: the study over the three scenes zoo models on scenes test, its lures and its
@@ -43,7 +43,7 @@ chromium:
 # threads fighting over each one (serial, two threads: 9 min 21 s on a clean clone of 2 cores).
 TEST_WORKERS ?= 2
 test: $(STAMP) chromium
-	OMP_NUM_THREADS=1 VRPROBE_ARTIFACTS=runs/artifacts $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist load
+	OMP_NUM_THREADS=1 VRPROBE_ARTIFACTS=runs/artifacts $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The numeric tests the way other machines run them: torch's deterministic algorithms, at 1 and at 2 torch threads
 # (another thread count sums in another order, as another CPU's BLAS does). Each tolerance comes from tests/numerics.py.

@@ -19,10 +19,20 @@ from typing import Any
 import torch
 
 from vrprobe import checks
-from vrprobe.analyses.band import AUTO_GROUPS, BandResult, auto_band, check_band_options, corrupt_band, parse_band
+from vrprobe.analyses.band import (
+    AUTO_GROUPS,
+    BandResult,
+    CorruptJob,
+    auto_band,
+    band_edits,
+    check_band_options,
+    layer_sigmas,
+    parse_band,
+)
 from vrprobe.analyses.band import DEFINITIONS as BAND_DEFINITIONS
 from vrprobe.analyses.compare import CompareResult, plan
 from vrprobe.analyses.compare import compare as compare_signals
+from vrprobe.analyses.jobs import EvalJob, Opened, Source, TraceJob, executing, run_job
 from vrprobe.analyses.knockout import KnockoutResult, knockout
 from vrprobe.analyses.proxies import AttributeResult, ProbeResult, attribute, probe
 from vrprobe.analyses.scorer import DEFINITIONS as SCORE_DEFINITIONS
@@ -38,12 +48,13 @@ from vrprobe.registry import as_adapter, check_model, model_ref
 from vrprobe.runtime import devices
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
+from vrprobe.runtime.executors import Executor, ExecutorSpec, parse_executor
 from vrprobe.runtime.progress import Progress
 from vrprobe.runtime.runs import RunDir, open_run, read_summary, run_config
 from vrprobe.scoring.evaluate import DEFINITIONS as EVAL_DEFINITIONS
-from vrprobe.scoring.evaluate import score_batch, summarize
+from vrprobe.scoring.evaluate import summarize
 from vrprobe.tracing import DEFINITIONS as TRACE_DEFINITIONS
-from vrprobe.tracing import SampleTrace, TraceConfig, mean_grid, trace_dataset
+from vrprobe.tracing import TraceConfig, mean_grid, measure_sigma, trace_dataset
 
 
 @dataclass
@@ -106,11 +117,15 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
+    executor: str | ExecutorSpec | Executor = "local",
+    workers: int | None = None,
     **legacy: Any,
 ) -> EvalResult:
-    """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.scoring.evaluate`)."""
+    """Closed-set evaluation with confidence, correctness and sharpness per sample (see `vrprobe.scoring.evaluate`);
+    `executor` `local` (this process) or `ray[:ADDRESS]` with `workers` actors (`vrprobe.runtime.executors`)."""
     checks.options(limit=limit, seed=seed, max_new_tokens=max_new_tokens)
     batch_size = batch_size_option(batch_size)
+    where = parse_executor(executor, workers)
     spec, load_options = model_ref(model, LoadOptions.from_kwargs(options, legacy, "eval"))
     fields = {"data": data, "limit": limit, "seed": seed, "image_ablation": image_ablation}
     run = open_run(out, run_config("eval", spec, load_options, **fields, max_new_tokens=max_new_tokens), overwrite)
@@ -118,16 +133,15 @@ def eval(  # noqa: A001 - mirrors `vrprobe eval`
     adapter = as_adapter(model, load_options)
     torch.manual_seed(seed)
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
-    records: list[dict[str, Any]] = []
-
-    def work(indices: list[int], chunk: list[Any]) -> None:
-        scored = score_batch(adapter, chunk, max_new_tokens=max_new_tokens)
-        rows = [{**r, "index": i} for i, r in zip(indices, scored, strict=True)]
-        run.append(rows) if run else records.extend(rows)
-
+    todo = [i for i, s in enumerate(dataset.samples) if s.id not in done]
     size = choose_batch_size(adapter, dataset.samples, batch_size)
-    used = run_batches(dataset.samples, size, work, done=done, progress=progress, stage=f"eval {spec}")
-    records = sorted(run.read() if run else records, key=lambda r: r["index"])
+    job = EvalJob(Source(spec, load_options, data, limit, seed, image_ablation), max_new_tokens)
+    with executing(where) as runner:
+        kept, used = run_job(
+            runner, job, Opened(adapter, dataset.samples), todo, size, run,
+            total=len(dataset.samples), progress=progress, stage=f"eval {spec}",
+        )  # fmt: skip
+    records = sorted(run.read() if run else kept.get("records", []), key=lambda r: r["index"])
     pope = pope_summary(records, [s.meta.get("benchmark") for s in dataset.samples])  # {} unless POPE
     summary = {
         **summarize(records),
@@ -159,10 +173,14 @@ def trace(
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
+    executor: str | ExecutorSpec | Executor = "local",
+    workers: int | None = None,
     **legacy: Any,
 ) -> TraceResult:
-    """Causal tracing per sample; the dataset mean grid is the circuit (see `vrprobe.tracing`)."""
+    """Causal tracing per sample; the dataset mean grid is the circuit (see `vrprobe.tracing`); `executor` and
+    `workers` as in `eval`."""
     checks.options(limit=limit, noise_samples=noise_samples, noise=noise, window=window, seed=seed)
+    where = parse_executor(executor, workers)
     kinds = kinds.split(",") if isinstance(kinds, str) else kinds  # trace(kinds="resid,mlp") as on the CLI
     cfg = TraceConfig(kinds=tuple(kinds), noise=noise, noise_samples=noise_samples, window=window, seed=seed)
     spec, load_options = model_ref(model, LoadOptions.from_kwargs(options, legacy, "trace"))
@@ -170,22 +188,21 @@ def trace(
     dataset = load_dataset(data, limit=limit, seed=seed)
     adapter = as_adapter(model, load_options)
     done = {r[0] for r in run.done(("sample_id",), "traces")} if run else set()
-    rows: list[dict[str, Any]] = []
-
-    def keep(index: int, traced: SampleTrace) -> None:
-        new = [{**r, "index": index} for r in traced.rows()]
-        run.append(new, "traces") if run else rows.extend(new)
-
-    traced = trace_dataset(
-        adapter, dataset.samples, cfg, progress=progress, stage=f"trace {spec}", done=done, on_trace=keep
-    )
-    rows = sorted(run.read("traces") if run else rows, key=lambda r: r["index"])
+    todo = [i for i, s in enumerate(dataset.samples) if s.id not in done]
+    sigma = measure_sigma(adapter, dataset.samples)
+    job = TraceJob(Source(spec, load_options, data, limit, seed), cfg, sigma)
+    with executing(where) as runner:
+        kept, _ = run_job(
+            runner, job, Opened(adapter, dataset.samples), todo, 1, run,
+            total=len(dataset.samples), progress=progress, stage=f"trace {spec}", last="traces",
+        )  # fmt: skip
+    rows = sorted(run.read("traces") if run else kept.get("traces", []), key=lambda r: r["index"])
     per_sample = {r["sample_id"]: r for r in rows}
     summary = {
         "model": _model_facts(spec, adapter),
         "data": data,
         "n": len(per_sample),
-        "sigma": traced.sigma,
+        "sigma": sigma,
         "config": asdict(cfg),
         "grid": mean_grid(rows),
         "clean_accuracy": sum(r["clean_correct"] for r in per_sample.values()) / max(1, len(per_sample)),
@@ -212,10 +229,14 @@ def corrupt(
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
+    executor: str | ExecutorSpec | Executor = "local",
+    workers: int | None = None,
     **legacy: Any,
 ) -> CorruptResult:
-    """Band corruption: accuracy and sharpness with noise on a band of layers (see `vrprobe.analyses.band`)."""
+    """Band corruption: accuracy and sharpness with noise on a band of layers (see `vrprobe.analyses.band`);
+    `executor` and `workers` as in `eval` (the band and σ_l are chosen here, on the driver)."""
     checks.options(noise=noise, limit=limit, trace_limit=trace_limit, seed=seed)
+    where = parse_executor(executor, workers)
     batch_size = batch_size_option(batch_size)
     checks.band_spec(band)
     check_band_options(target, positions)
@@ -232,45 +253,27 @@ def corrupt(
         layers = auto_band(traced.grid, adapter.num_layers, groups=AUTO_GROUPS[positions])
     else:
         layers = parse_band(band, adapter.num_layers)
+    if not adapter.records_attention:
+        raise UsageError("band corruption needs the model loaded with vrprobe's attention function")
+    band_layers = list(range(layers[0], layers[1] + 1))
+    sigmas = layer_sigmas(adapter, dataset.samples, band_layers, positions) if target != "attention" else {}
+    edits = tuple(band_edits(layers, target, positions, noise, sigmas))
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
-    records: list[dict[str, Any]] = []
-
-    def keep(indices: list[int], clean: list[dict[str, Any]], corrupted: list[dict[str, Any]]) -> None:
-        rows = [
-            {
-                **c,
-                "index": i,
-                "band_correct": b["correct"],
-                "band_accuracy": b["accuracy"],
-                "band_predicted": b["predicted"],
-                "band_confidence": b["confidence"],
-                "band_sharpness": b["sharpness"],
-            }
-            for i, c, b in zip(indices, clean, corrupted, strict=True)
-        ]
-        run.append(rows) if run else records.extend(rows)
-
-    banded = corrupt_band(
-        adapter,
-        dataset.samples,
-        layers,
-        target=target,
-        positions=positions,
-        noise=noise,
-        seed=seed,
-        batch_size=choose_batch_size(adapter, dataset.samples, batch_size),
-        progress=progress,
-        stage=f"corrupt {spec} layers {layers[0]}-{layers[1]}",
-        done=done,
-        on_batch=keep,
-    )
-    records = sorted(run.read() if run else records, key=lambda r: r["index"])
+    todo = [i for i, s in enumerate(dataset.samples) if s.id not in done]
+    job = CorruptJob(Source(spec, load_options, data, limit, seed), edits, seed)
+    with executing(where) as runner:
+        kept, _ = run_job(
+            runner, job, Opened(adapter, dataset.samples), todo,
+            choose_batch_size(adapter, dataset.samples, batch_size), run,
+            total=len(dataset.samples), progress=progress, stage=f"corrupt {spec} layers {layers[0]}-{layers[1]}",
+        )  # fmt: skip
+    records = sorted(run.read() if run else kept.get("records", []), key=lambda r: r["index"])
     result = BandResult(
         band=layers,
         target=target,
         positions=positions,
         noise=noise,
-        sigmas=banded.sigmas,
+        sigmas=sigmas,
         clean=records,
         corrupted=[
             {"correct": r["band_correct"], "accuracy": r["band_accuracy"], "sharpness": r["band_sharpness"]}
@@ -305,10 +308,14 @@ def study(
     overwrite: bool = False,
     progress: Progress | None = None,
     make_report: bool = True,
+    executor: str | ExecutorSpec | Executor = "local",
+    workers: int | None = None,
     **legacy: Any,
 ) -> StudyResult:
     """All four modules over models × datasets (see `vrprobe.analyses.study`). Each of `models` is a spec or a loaded
-    model; the study's loading options are `options`, or those the loaded models share (its specs load with them)."""
+    model; the study's loading options are `options`, or those the loaded models share (its specs load with them).
+    `executor` and `workers` as in `eval`: the per-sample records run there, band, controls and probe here."""
+    where = parse_executor(executor, workers)
     checks.options(
         limit=limit,
         trace_limit=trace_limit,
@@ -350,7 +357,8 @@ def study(
     run = open_run(out, {"command": "study", **asdict(cfg)}, overwrite)
     for spec in cfg.data:  # fail on a bad dataset spec before any model work
         load_dataset(spec, limit=1)
-    result = run_study(cfg, run, progress, loaded)
+    with executing(where) as runner:
+        result = run_study(cfg, run, progress, loaded, executor=runner)
     if run and make_report:
         report(run.path)
     return result

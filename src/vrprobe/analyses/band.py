@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from vrprobe import checks
+from vrprobe.analyses.jobs import Opened, Source
 from vrprobe.data import Sample
 from vrprobe.errors import UsageError
 from vrprobe.interventions import Edit, GaussianNoise, LogitNoise, Site
 from vrprobe.models import Adapter
 from vrprobe.runtime.batching import run_batches
+from vrprobe.runtime.executors import Rows
 from vrprobe.runtime.progress import Progress
 from vrprobe.runtime.seeding import derive_seed
 from vrprobe.scoring.evaluate import score_batch
@@ -239,3 +241,37 @@ def band_sweep(
             | {"sharpness": _mean([r["sharpness"] for r in corrupted[b]])}
         )
     return {"accuracy_clean": acc, "sharpness_clean": _mean([r["sharpness"] for r in clean]), "bands": rows}
+
+
+@dataclass(frozen=True)
+class CorruptJob:
+    """`corrupt`'s rows for an executor: per batch the clean record and the record under the band's `edits` (noise
+    seeded by the batch's first position, `corrupt_batch`), merged as `band_*` keys, with the position as `index`."""
+
+    source: Source
+    edits: tuple[Edit, ...]
+    seed: int
+    max_new_tokens: int = 10
+
+    def open(self, cache: dict[Any, Any]) -> Opened:
+        return self.source.open(cache)
+
+    def rows(self, context: Opened, indices: list[int]) -> Rows:
+        adapter, chunk = context.adapter, [context.samples[i] for i in indices]
+        batch = adapter.encode_samples(chunk)
+        clean = score_batch(adapter, chunk, batch, max_new_tokens=self.max_new_tokens)
+        banded = corrupt_batch(adapter, chunk, self.edits, self.seed, indices[0], batch, self.max_new_tokens)
+        return {
+            "records": [
+                {
+                    **c,
+                    "index": i,
+                    "band_correct": b["correct"],
+                    "band_accuracy": b["accuracy"],
+                    "band_predicted": b["predicted"],
+                    "band_confidence": b["confidence"],
+                    "band_sharpness": b["sharpness"],
+                }
+                for i, c, b in zip(indices, clean, banded, strict=True)
+            ]
+        }

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from vrprobe import checks
+from vrprobe.analyses.jobs import Opened, Source, executing, run_job
 from vrprobe.checks import finite_logits
 from vrprobe.data import Sample, load_dataset
 from vrprobe.errors import UsageError
@@ -43,8 +44,9 @@ from vrprobe.models import Adapter, Batch
 from vrprobe.registry import as_adapter, model_ref
 from vrprobe.runtime.batching import batch_size_option, choose_batch_size, run_batches
 from vrprobe.runtime.devices import LoadOptions
+from vrprobe.runtime.executors import Executor, ExecutorSpec, Rows, parse_executor
 from vrprobe.runtime.progress import Progress
-from vrprobe.runtime.runs import RunDir, open_run, run_config
+from vrprobe.runtime.runs import open_run, run_config
 from vrprobe.scoring.evaluate import score_batch, summarize
 
 EDGES = ("image->question", "image->last", "question->last", "last->last")
@@ -207,10 +209,7 @@ def run_knockout(
     rows: list[dict[str, Any]] = []
 
     def work(indices: list[int], chunk: list[Sample]) -> None:
-        blanks = [blank[i] for i in indices] if (full and blank is not None) else None
-        recs, win = knockout_batch(adapter, chunk, edges, spans, full=full, blank=blanks)
-        for i, r in zip(indices, recs, strict=True):
-            r["index"] = i
+        recs, win = knockout_rows(adapter, samples, indices, edges, spans, full, blank)
         records.extend(recs)
         rows.extend(win)
         if on_batch:
@@ -220,15 +219,42 @@ def run_knockout(
     return records, rows
 
 
-def _appender(run: RunDir) -> Callable[[list[int], list[dict[str, Any]], list[dict[str, Any]]], None]:
-    """`on_batch` writing a batch into `run`: its windows first, then the records that mark the batch done (a resumed
-    run drops a partial batch's windows)."""
+def knockout_rows(
+    adapter: Adapter,
+    samples: Sequence[Sample],
+    indices: Sequence[int],
+    edges: Sequence[str],
+    spans: Sequence[tuple[int, int]],
+    full: bool,
+    blank: Sequence[Sample] | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One batch (the samples at `indices`): its records (with the position as `index`) and window rows."""
+    blanks = [blank[i] for i in indices] if (full and blank is not None) else None
+    recs, win = knockout_batch(adapter, [samples[i] for i in indices], edges, spans, full=full, blank=blanks)
+    for i, r in zip(indices, recs, strict=True):
+        r["index"] = i
+    return recs, win
 
-    def append(indices: list[int], records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-        run.append(rows, "windows")
-        run.append(records)
 
-    return append
+@dataclass(frozen=True)
+class KnockoutJob:
+    """`knockout`'s rows for an executor (`knockout_rows`): tables "windows" and "records"."""
+
+    source: Source
+    edges: tuple[str, ...]
+    spans: tuple[tuple[int, int], ...]
+    full: bool
+
+    def open(self, cache: dict[Any, Any]) -> Opened:
+        opened = self.source.open(cache)
+        blank = self.source.samples(cache, "blank") if self.full else None
+        return Opened(opened.adapter, opened.samples, blank)
+
+    def rows(self, context: Opened, indices: list[int]) -> Rows:
+        recs, win = knockout_rows(
+            context.adapter, context.samples, indices, self.edges, self.spans, self.full, context.blank
+        )
+        return {"windows": win, "records": recs}
 
 
 def window_effects(rows: Sequence[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
@@ -299,11 +325,15 @@ def knockout(
     options: LoadOptions | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    executor: str | ExecutorSpec | Executor = "local",
+    workers: int | None = None,
     **legacy: Any,
 ) -> KnockoutResult:
     """`vrprobe knockout`: every edge × window over the dataset (resumable in `out`), the effects with intervals and
-    the integration layers; with `window='all'` also the full-knockout and blank-image accuracies."""
+    the integration layers; with `window='all'` also the full-knockout and blank-image accuracies. `executor`:
+    `local` or `ray[:ADDRESS]` with `workers` actors (`vrprobe.runtime.executors`)."""
     checks.options(limit=limit, seed=seed)
+    where = parse_executor(executor, workers)
     edges = parse_edges(edges)
     window = check_window(window)
     batch_size = batch_size_option(batch_size)
@@ -318,18 +348,19 @@ def knockout(
     run = open_run(out, config, overwrite)
     done = {r[0] for r in run.done(("sample_id",))} if run else set()
     size = choose_batch_size(adapter, dataset.samples, batch_size)
-    records, rows = run_knockout(
-        adapter,
-        dataset.samples,
-        edges,
-        window,
-        batch_size=size,
-        blank=blank.samples if blank else None,
-        progress=progress,
-        stage=f"knockout {spec}",
-        done=done,
-        on_batch=_appender(run) if run else None,
-    )
+    if not adapter.records_attention:
+        raise UsageError("attention knockout needs the model loaded with vrprobe's attention function")
+    spans = tuple(windows(adapter.num_layers, k))
+    todo = [i for i, s in enumerate(dataset.samples) if s.id not in done]
+    source = Source(spec, load_options, data, limit, seed)
+    job = KnockoutJob(source, tuple(edges), spans, window == "all")
+    context = Opened(adapter, dataset.samples, blank.samples if blank else None)
+    with executing(where) as runner:
+        kept, _ = run_job(
+            runner, job, context, todo, size, run, total=len(dataset.samples), progress=progress,
+            stage=f"knockout {spec}",
+        )  # fmt: skip
+    records, rows = kept.get("records", []), kept.get("windows", [])
     if run:
         records = run.read()
         ids = {r["sample_id"] for r in records}
@@ -341,6 +372,8 @@ def knockout(
                 seen.add(key)
                 rows.append(r)
     records.sort(key=lambda r: r["index"])
+    position = {r["sample_id"]: r["index"] for r in records}
+    rows.sort(key=lambda r: position[r["sample_id"]])  # sample order, whatever order the shards finished in
     summary = {
         "model": spec,
         "data": data,

@@ -18,25 +18,27 @@ import numpy as np
 import torch
 
 from vrprobe.analyses import grounding
-from vrprobe.analyses.band import AUTO_GROUPS, auto_band, band_edits, corrupt_batch, layer_sigmas
+from vrprobe.analyses.band import AUTO_GROUPS, auto_band, band_edits, layer_sigmas
 from vrprobe.analyses.controls import DEFINITIONS as CONTROL_DEFINITIONS
 from vrprobe.analyses.controls import controls_verdict, run_controls
+from vrprobe.analyses.jobs import Opened, Source, run_job
 from vrprobe.analyses.knockout import DEFINITIONS as KNOCKOUT_DEFINITIONS
-from vrprobe.analyses.probe import ReliabilityProbe, features
 from vrprobe.analyses.reliability import DEFINITIONS as RELIABILITY_DEFINITIONS
 from vrprobe.analyses.reliability import probe_split, reliability_verdict, selective_stats, train_probe
+from vrprobe.analyses.study_rows import StudyJob
 from vrprobe.data import Dataset, load_dataset, stratified_subset
+from vrprobe.errors import UsageError
 from vrprobe.metrics.calibration import calibration_summary
 from vrprobe.metrics.heads import head_sharpness
 from vrprobe.metrics.stats import ALPHA, correlation
 from vrprobe.models import Adapter
 from vrprobe.registry import as_adapter
-from vrprobe.runtime.batching import choose_batch_size, run_batches
+from vrprobe.runtime.batching import choose_batch_size
 from vrprobe.runtime.devices import LoadOptions
 from vrprobe.runtime.devices import facts as device_facts
+from vrprobe.runtime.executors import Executor, LocalExecutor
 from vrprobe.runtime.progress import Progress
 from vrprobe.runtime.runs import RunDir
-from vrprobe.scoring.evaluate import score_batch
 from vrprobe.tracing import TraceConfig, trace_dataset
 
 #: normalised-entropy change below which attention "stays focused" under band corruption
@@ -190,51 +192,6 @@ def find_band(
     }
 
 
-def study_batch(
-    adapter: Adapter,
-    spec: str,
-    dataset: Dataset,
-    indices: Sequence[int],
-    chunk: Sequence[Any],
-    edits: list,
-    cfg: StudyConfig,
-    probe: ReliabilityProbe | None,
-    probe_ids: set[str],
-) -> list[dict[str, Any]]:
-    """Records of one batch (`indices`: the samples' positions in the dataset): the clean answer with sharpness, the
-    margin and the probe's reliability (same forward), and the answer under band corruption."""
-    batch = adapter.encode_samples(chunk)
-    clean = score_batch(adapter, chunk, batch, max_new_tokens=cfg.max_new_tokens, hidden=True)
-    reliability = probe.predict_proba(features(clean, "last")) if probe else [float("nan")] * len(clean)
-    banded = corrupt_batch(adapter, chunk, edits, cfg.seed, indices[0], batch, max_new_tokens=cfg.max_new_tokens)
-    return [
-        {
-            "model": spec,
-            "data": dataset.spec,
-            "index": index,
-            "sample_id": r["sample_id"],
-            "question_type": r["question_type"],
-            "predicted": r["predicted"],
-            "confidence": r["confidence"],
-            "correct": r["correct"],
-            "accuracy": r["accuracy"],
-            "overconfidence": max(r["confidence"] - r["correct"], 0.0),
-            "sharpness": r["sharpness"],
-            "sharpness_norm": r["sharpness_norm"],
-            "entropy_by_head": r["entropy_by_head"],
-            "margin": r.get("margin", float("nan")),
-            "reliability": float(rel),
-            "probe_train": r["sample_id"] in probe_ids,
-            "band_correct": b["correct"],
-            "band_accuracy": b["accuracy"],
-            "band_sharpness": b["sharpness"],
-            "n_image_tokens": int(batch.groups.image[j].sum()),
-            **{k: r[k] for k in grounding.GROUNDED_KEYS if r.get(k) is not None},
-        }
-        for j, (index, r, b, rel) in enumerate(zip(indices, clean, banded, reliability, strict=True))
-    ]
-
-
 def table_row(
     spec: str,
     adapter_facts: dict[str, Any],
@@ -295,11 +252,16 @@ def run_study(
     progress: Progress | None = None,
     loaded: Mapping[str, Adapter] | None = None,
     loaded_data: Mapping[str, Dataset] | None = None,
+    executor: Executor | None = None,
 ) -> StudyResult:
     """Run (or resume, when `run` already holds results) the whole study; see the module docstring. A model in
     `loaded` (spec -> adapter loaded with `cfg.load_options`) is used as it is; every other spec is loaded. Likewise
-    a dataset in `loaded_data` (spec -> `Dataset`, taken as it is: `cfg.limit` is not applied to it)."""
+    a dataset in `loaded_data` (spec -> `Dataset`, taken as it is: `cfg.limit` is not applied to it). The per-sample
+    records run on `executor` (default: this process); band, controls and probe run here, on the driver."""
     given = loaded_data or {}
+    executor = executor or LocalExecutor()
+    if given and executor.name != "local":
+        raise UsageError("a study given loaded datasets runs on the local executor: workers load datasets by spec")
     datasets = [given[s] if s in given else load_dataset(s, limit=cfg.limit, seed=cfg.seed) for s in cfg.data]
     by_spec = {d.spec: d for d in datasets}
     bands = {b["model"]: b for b in (run.read("bands") if run else [])}
@@ -346,24 +308,15 @@ def run_study(
         edits = band_edits((band["band_a"], band["band_b"]), "hidden", cfg.band_positions, cfg.noise, sigmas)
         size = choose_batch_size(adapter, datasets[0].samples, cfg.batch_size, extra_tokens=cfg.max_new_tokens)
         for dataset in datasets:
-
-            def work(
-                indices: list[int],
-                chunk: list[Any],
-                dataset: Dataset = dataset,
-                a: Adapter = adapter,
-                m: str = spec,
-                e: list = edits,
-                p: ReliabilityProbe | None = probe,
-                ids: set[str] = probe_ids,
-            ) -> None:
-                rows = study_batch(a, m, dataset, indices, chunk, e, cfg, p, ids)
-                run.append(rows) if run else records.extend(rows)
-
             finished = {i for m, d, i in done if (m, d) == (spec, dataset.spec)}
-            size = run_batches(
-                dataset.samples, size, work, done=finished, progress=progress, stage=f"{spec} · {dataset.spec}"
-            )
+            todo = [i for i, s in enumerate(dataset.samples) if s.id not in finished]
+            source = Source(spec, cfg.load_options, dataset.spec, cfg.limit, cfg.seed)
+            job = StudyJob(source, spec, tuple(edits), cfg.seed, cfg.max_new_tokens, probe, frozenset(probe_ids))
+            kept, size = run_job(
+                executor, job, Opened(adapter, dataset.samples), todo, size, run,
+                total=len(dataset.samples), progress=progress, stage=f"{spec} · {dataset.spec}",
+            )  # fmt: skip
+            records.extend(kept.get("records", []))
     if run:
         records = run.read()
     order = {(m, d): (i, j) for i, m in enumerate(cfg.models) for j, d in enumerate(cfg.data)}

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import click
 import typer
+from rich.markup import escape
 
 from vrprobe import __version__
 from vrprobe.cli.options import STATE, err
@@ -59,7 +60,7 @@ def main() -> None:
     except (CLICK_ERROR, click.ClickException) as exc:
         if debug:
             raise
-        err.print(f"[red]error: {exc.format_message()}[/red]", highlight=False, soft_wrap=True)
+        err.print(f"[red]error: {escape(exc.format_message())}[/red]", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
         err.print("[red]interrupted[/red]")
@@ -67,5 +68,5 @@ def main() -> None:
     except VrprobeError as exc:
         if debug:
             raise
-        err.print(f"[red]error: {exc}[/red]", highlight=False, soft_wrap=True)
+        err.print(f"[red]error: {escape(str(exc))}[/red]", highlight=False, soft_wrap=True)
         sys.exit(2 if isinstance(exc, UsageError) else 1)

@@ -9,7 +9,18 @@ import typer
 
 from vrprobe.analyses.knockout import EDGES
 from vrprobe.cli.app import app
-from vrprobe.cli.options import BatchSize, Data, Limit, Model, Overwrite, Seed, call, with_load_options
+from vrprobe.cli.options import (
+    BatchSize,
+    Data,
+    ExecutorOpt,
+    Limit,
+    Model,
+    Overwrite,
+    Seed,
+    Workers,
+    call,
+    with_load_options,
+)
 
 if TYPE_CHECKING:
     from vrprobe.runtime.devices import LoadOptions
@@ -31,6 +42,8 @@ def knockout_cmd(
     limit: Limit = None,
     batch_size: BatchSize = "16",
     seed: Seed = 0,
+    executor: ExecutorOpt = "local",
+    workers: Workers = None,
     overwrite: Overwrite = False,
     *,
     load: LoadOptions,

@@ -41,6 +41,18 @@ Overwrite = Annotated[bool, typer.Option(help="Replace --out even if it holds an
 BatchSize = Annotated[
     str, typer.Option(help="Samples per forward pass, or 'auto': the largest that fits the free memory, halved on OOM.")
 ]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="Where the per-sample work runs: local (this process), ray (a local Ray started for the run) or "
+        "ray:ADDRESS (join that cluster); Ray needs pip install 'vrprobe[ray]'.",
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(help="Ray actors, each holding one model replica (default: one per GPU, else 2). Only with ray."),
+]
 MaxNewTokens = Annotated[int, typer.Option(help="Greedy answer length limit for open-ended datasets (VQA v2, OK-VQA).")]
 
 

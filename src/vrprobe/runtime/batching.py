@@ -5,6 +5,7 @@
 - `run_batches(samples, size, work)`: calls `work(indices, chunk)` on consecutive batches of the samples not yet done;
   on an out-of-memory error the batch size is halved and the same samples retried (one log line), so nothing is lost
   or duplicated. A batch holds only samples not yet done, so a resumed run never writes a sample twice.
+- `run_index_batches(todo, size, work)`: the same over sample positions (what an executor runs per shard).
 """
 
 from __future__ import annotations
@@ -105,11 +106,25 @@ def run_batches(
     tick = Ticker(progress, stage, len(samples))
     todo = [i for i, s in enumerate(samples) if s.id not in done]
     tick(len(samples) - len(todo))
+
+    def run(indices: list[int]) -> None:
+        work(indices, [samples[i] for i in indices])
+        tick(len(indices))
+
+    return run_index_batches(todo, size, run, log=log)
+
+
+def run_index_batches(
+    todo: Sequence[int], size: int, work: Callable[[list[int]], None], *, log: Callable[[str], None] = _log
+) -> int:
+    """`work(indices)` on consecutive slices of `todo`, `size` at a time; on out-of-memory `size` is halved and the
+    same indices retried (one log line), so nothing is lost or duplicated. Returns the size in use at the end."""
+    todo = list(todo)
     pos = 0
     while pos < len(todo):
         indices = todo[pos : pos + size]
         try:
-            work(indices, [samples[i] for i in indices])
+            work(indices)
         except OUT_OF_MEMORY:
             if size == 1:
                 raise VrprobeError(
@@ -122,5 +137,4 @@ def run_batches(
                 torch.cuda.empty_cache()
             continue
         pos += len(indices)
-        tick(len(indices))
     return size
