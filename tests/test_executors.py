@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -232,3 +233,19 @@ def test_a_killed_driver_resumes_on_either_executor(tmp_path, local_trace):
         assert len({r["sample_id"] for r in rows}) == 48
         assert_same(rows, local_trace, f"{first} then {then}")
         assert (out / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_runs_small():
+    """`benchmarks/scaling.py` at a tiny size: 1 and 2 workers trace the same cells (the script checks), and it
+    prints the speed-up, the per-sample time and the per-shard overhead as median [min-max]."""
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "scaling.py"
+    args = ["--limit", "4", "--repeats", "1", "--noise-samples", "2", "--overhead-shards", "10"]
+    out = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    spread = r"([0-9.]+) \[([0-9.]+)-([0-9.]+)\]"
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(rf"scaling: samples=4 workers1={spread} workers2={spread} speedup={spread}", lines[-3])
+    assert re.fullmatch(rf"scaling\[per_sample\]: one_worker_s={spread} kinds=resid noise_samples=2", lines[-2])
+    m = re.fullmatch(rf"scaling\[overhead\]: per_shard_ms={spread} shards=10 workers=1", lines[-1])
+    assert m and 0 < float(m.group(1)) < 1000
