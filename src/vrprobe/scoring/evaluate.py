@@ -54,6 +54,7 @@ def is_correct(predicted: str, answers: Sequence[str]) -> float:
     return float(any(p == a.strip().lower() for a in answers))
 
 
+@torch.no_grad()
 def score_batch(
     adapter: Adapter,
     samples: Sequence[Sample],
@@ -69,7 +70,8 @@ def score_batch(
     Closed set (samples with `choices`): candidate scoring. Open-ended (no choices): greedy generation. The prompt
     forward that gives the answer also records the answer position's attention at every layer (the last prompt
     position, whose output is the first generated token), so sharpness costs no second pass. NaN or inf in the
-    logits (a broken checkpoint, an overflow) raises `VrprobeError` naming the sample instead of scoring it.
+    logits (a broken checkpoint, an overflow) raises `VrprobeError` naming the sample instead of scoring it. Runs
+    without autograd: at 7B a forward that kept its graph held every layer's activations (an OOM on 24 GiB).
 
     `hidden=True` also returns, from the same forward, every layer's output at the answer position (`hidden_last`)
     and averaged over the image tokens (`hidden_image_mean`), float32 numpy arrays [L, D] (the probes' features).
