@@ -8,6 +8,10 @@
 - `ratios(num, den)`: the paired per-round ratios num[i] / den[i] as a `Spread` (rounds that ran side by side).
 - `cpu()`: the machine, `model="AMD EPYC 7B13" cores=2 torch_threads=2` (the model name from /proc/cpuinfo, else
   `platform`); `set_threads(n)`: torch's intra-op threads for a run (`--threads`).
+- `matmul_peak(dtype, size, repeats, device, shapes)`: a device's measured matmul peak (FLOP/s): the best of
+  `repeats` matmuls of each shape (default one square `size`); `flop_counter()`: torch's `FlopCounterMode` that
+  also counts the CPU's fused attention kernel; `status_kib(field)`: a field of /proc/self/status in KiB (`VmHWM`,
+  the process's peak resident memory; `VmRSS`).
 
 The scripts print figures; none of them asserts a timing (a shared 2-core machine is too noisy for that).
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 
 @dataclass(frozen=True)
@@ -118,3 +124,57 @@ def set_threads(threads: int | None) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
+
+
+def matmul_peak(
+    dtype: torch.dtype,
+    size: int = 4096,
+    repeats: int = 3,
+    device: str | torch.device = "cpu",
+    shapes: Sequence[tuple[int, int, int]] = (),
+) -> float:
+    """The device's matmul peak (FLOP/s) for `dtype`: the best 2·m·k·n / time over `repeats` timed products (after one
+    untimed) of each shape (m, k, n) in `shapes` (default: the square `size`), with the threads torch has now; CUDA
+    timed to completion (`synchronize`)."""
+    device = torch.device(device)
+    best = 0.0
+    for m, k, n in shapes or [(size, size, size)]:
+        x, y = torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)
+        torch.matmul(x, y)
+        _sync(device)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.matmul(x, y)
+            _sync(device)
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
+        del x, y
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def flop_counter() -> Any:
+    """`torch.utils.flop_counter.FlopCounterMode` (no display) that counts, besides its own table (matrix products:
+    2·m·n·k each; CUDA's fused attention kernels: 4·B·H·T_q·T_k·d, every key counted, causal or not), the CPU's fused
+    attention kernel `_scaled_dot_product_flash_attention_for_cpu` by the same attention rule. `get_total_flops()`
+    after the block."""
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def status_kib(field: str) -> int:
+    """`field` of /proc/self/status in KiB (Linux): `VmHWM` (peak resident memory of this process's address space; not
+    carried over from a forking parent, as getrusage's ru_maxrss is) or `VmRSS` (resident now); 0 where unreadable."""
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
+    except OSError:
+        return 0
+    return int(m.group(1)) if m else 0
