@@ -68,7 +68,7 @@ from typing import Any
 
 import torch
 
-from timing import cpu, flop_counter, matmul_peak, set_threads, status_kib
+from timing import cpu, flop_counter, matmul_peak, positive_ints, set_threads, status_kib
 
 REPLICAS = Path(__file__).resolve().parents[2] / "shared" / "replicas"
 FOLDER = "llava-1.5-7b-hf"
@@ -321,10 +321,7 @@ def main() -> None:
     parser.add_argument("--phase", choices=("build", "measure"), help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for name in ("samples", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be a positive integer, got {value}")
+    positive_ints(parser, args, ("samples", "threads"))
     if args.tiny and args.band == parser.get_default("band"):
         args.band = "0-1"  # the tiny model's 2 layers
     from transformers.utils import logging as hf_logging

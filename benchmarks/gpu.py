@@ -66,7 +66,7 @@ from typing import Any
 import torch
 
 from real_shape import eval_flops, layer_flops
-from timing import cpu, cpu_model, matmul_peak, set_threads, status_kib
+from timing import cpu, cpu_model, matmul_peak, positive_ints, set_threads, status_kib
 from vrprobe.data import load_dataset
 from vrprobe.interventions.attention import register
 from vrprobe.interventions.sites import positions_mask
@@ -273,10 +273,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny width (tests)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads on the CPU (default: torch's own)")
     args = parser.parse_args()
-    for name in ("eval_samples", "eval_batch", "trace_samples", "noise_samples", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    positive_ints(parser, args, ("eval_samples", "eval_batch", "trace_samples", "noise_samples", "threads"))
     dtype = getattr(torch, args.dtype, None)
     if not isinstance(dtype, torch.dtype):
         parser.error(f"--dtype {args.dtype} is not a torch dtype")

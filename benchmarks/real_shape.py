@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from timing import Spread, alternate, cpu, ratios, set_threads
+from timing import Spread, alternate, cpu, positive_ints, ratios, set_threads
 from trace_speed import read, rome_trace, standard_sites
 from vrprobe.data import load_dataset
 from vrprobe.interventions import intervene
@@ -287,10 +287,7 @@ def main() -> None:
     if bad or not families:
         parser.error(f"unknown family {', '.join(bad) or '(none)'} (known: {', '.join(FAMILIES)})")
     names = ("width", "samples", "noise_samples", "slice_layers", "eval_batch", "layers", "slice_width", "repeats")
-    for name in (*names, "forwards", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    positive_ints(parser, args, (*names, "forwards", "threads"))
     if len(sizes) != 2 or min(sizes) < 1:
         parser.error("--memory-samples takes two positive sizes, e.g. 10,2000")
     from transformers.utils import logging as hf_logging

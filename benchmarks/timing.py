@@ -8,6 +8,8 @@
 - `ratios(num, den)`: the paired per-round ratios num[i] / den[i] as a `Spread` (rounds that ran side by side).
 - `cpu()`: the machine, `model="AMD EPYC 7B13" cores=2 torch_threads=2` (the model name from /proc/cpuinfo, else
   `platform`); `set_threads(n)`: torch's intra-op threads for a run (`--threads`).
+- `positive_ints(parser, args, names)`: each of the options `names` (dest names) given is at least 1, else the
+  parser's one error line.
 - `matmul_peak(dtype, size, repeats, device, shapes)`: a device's measured matmul peak (FLOP/s): the best of
   `repeats` matmuls of each shape (default one square `size`); `flop_counter()`: torch's `FlopCounterMode` that
   also counts the CPU's fused attention kernel; `status_kib(field)`: a field of /proc/self/status in KiB (`VmHWM`,
@@ -18,6 +20,7 @@ The scripts print figures; none of them asserts a timing (a shared 2-core machin
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -124,6 +127,15 @@ def set_threads(threads: int | None) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
+
+
+def positive_ints(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str]) -> None:
+    """`parser.error` (usage, one error line, exit 2) for the first of the integer options `names` (dest names) that
+    was given below 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
 def matmul_peak(

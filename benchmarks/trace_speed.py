@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from timing import Spread, alternate, cpu, ratios, set_threads
+from timing import Spread, alternate, cpu, positive_ints, ratios, set_threads
 from vrprobe.data import load_dataset
 from vrprobe.interventions import Site, intervene, layer_parts
 from vrprobe.registry import load_adapter
@@ -188,10 +188,7 @@ def main() -> None:
     parser.add_argument("--forwards", type=int, default=20, help="forwards per side per overhead round (default 20)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
     args = parser.parse_args()
-    for name in ("samples", "noise_samples", "repeats", "forwards", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    positive_ints(parser, args, ("samples", "noise_samples", "repeats", "forwards", "threads"))
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
