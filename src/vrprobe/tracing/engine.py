@@ -198,8 +198,10 @@ class Tracer:
             groups=cfg.groups,
         )
 
+    @torch.no_grad()
     def clean_states(self, batch: Batch) -> dict[str, Any]:
-        """One clean forward (no cache): the embeddings, every layer's and block's output, the layer calls."""
+        """One clean forward (no cache, no autograd): the embeddings, every layer's and block's output, the layer
+        calls."""
         a = self.adapter
         sites = {kind: Site(kind, tuple(range(a.num_layers)), "all") for kind in ("resid", "attn", "mlp")}
         embed = Site("embed")
