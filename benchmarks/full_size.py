@@ -48,7 +48,8 @@ Prints (`X` numbers; sizes in GiB = 2^30 bytes, FLOP rates in GFLOP/s = 1e9 FLOP
     full_size[cleanup]: removed DIR | kept DIR
 
 (the closing `full_size:` line is one line; memory_ratio = peak / weights; gflops and peak_fraction over eval and
-corrupt together.) Exit status 1 when a child fails or a `--check` line FAILs.
+corrupt together.) Exit status 1 when a child fails or a `--check` line FAILs; 2 with one line
+(`full_size: error: ...`, nothing built) for a `--band` outside the model's layers or a `--data` that does not load.
 
     python benchmarks/full_size.py [--samples 2] [--data easy-vqa:test] [--band 12-16] [--scratch DIR] [--keep]
                                    [--threads T] [--check] [--tiny] [--replicas DIR]
@@ -57,6 +58,7 @@ corrupt together.) Exit status 1 when a child fails or a `--check` line FAILs.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -67,8 +69,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoModelForImageTextToText
+from transformers.utils import logging as hf_logging
 
+import vrprobe
 from timing import cpu, flop_counter, matmul_peak, positive_ints, set_threads, status_kib
+from vrprobe import LoadOptions
+from vrprobe.analyses.band import parse_band
+from vrprobe.data import load_dataset
+from vrprobe.errors import VrprobeError
+from vrprobe.zoo import replica
 
 REPLICAS = Path(__file__).resolve().parents[2] / "shared" / "replicas"
 FOLDER = "llava-1.5-7b-hf"
@@ -94,10 +104,6 @@ SKIP_FILES = ("config.json",)
 
 def model_config(src: Path, tiny: bool) -> Any:
     """LLaVA-1.5-7B's config from the replica folder; `tiny`: the same architecture at a tiny width."""
-    from transformers import AutoConfig
-
-    from vrprobe.zoo import replica
-
     cfg = AutoConfig.from_pretrained(str(src))
     if tiny:
         cfg = replica.resize(cfg, "llava", TINY_TEXT, TINY_VISION, init_range=0.02)
@@ -106,8 +112,6 @@ def model_config(src: Path, tiny: bool) -> Any:
 
 def planned_params(cfg: Any) -> int:
     """Parameters of the model `cfg` builds (counted on the meta device: nothing allocated)."""
-    from transformers import AutoModelForImageTextToText
-
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(cfg, dtype=DTYPE)
     return sum(p.numel() for p in model.parameters())
@@ -126,8 +130,6 @@ def mem_available() -> int:
 
 def roomiest_tmp() -> Path:
     """Of the usual scratch places that exist and are writable, the one on the disk with the most free space."""
-    import os
-
     places = [Path(tempfile.gettempdir()), Path("/var/tmp"), Path.home(), Path(__file__).resolve().parents[2]]
     ok = [p for p in places if p.is_dir() and os.access(p, os.W_OK)]
     return max(ok, key=lambda p: shutil.disk_usage(p).free)
@@ -143,8 +145,6 @@ def gib(n: float) -> str:
 
 # ---- phase 1: build (child process) ------------------------------------------------------------------------------
 def build(args: argparse.Namespace) -> None:
-    from transformers import AutoModelForImageTextToText
-
     src, out = args.replicas / FOLDER, Path(args.dir)
     t0 = time.perf_counter()
     cfg = model_config(src, args.tiny)
@@ -178,9 +178,6 @@ def peak_shapes(cfg: Any, tokens: int = 2 * 594) -> list[tuple[int, int, int]]:
 
 
 def measure(args: argparse.Namespace) -> int:
-    import vrprobe
-    from vrprobe import LoadOptions
-
     path = Path(args.dir)
     shapes = peak_shapes(model_config(path, tiny=False))
     peak_before = matmul_peak(DTYPE, repeats=3, shapes=shapes)
@@ -278,6 +275,12 @@ def orchestrate(args: argparse.Namespace) -> int:
     if not (src / "config.json").is_file():
         skip(f"{src} is absent (the real non-weight files of llava-hf/llava-1.5-7b-hf; see ../shared/replicas)")
     cfg = model_config(src, args.tiny)
+    try:  # a bad --band or --data ends here, not in the measure process after minutes of building
+        parse_band(args.band, cfg.get_text_config().num_hidden_layers)
+        load_dataset(args.data, limit=args.samples)
+    except VrprobeError as e:
+        print(f"full_size: error: {e}", file=sys.stderr, flush=True)
+        return 2
     params = planned_params(cfg)
     weights = params * DTYPE.itemsize
     where = Path(args.scratch) if args.scratch else roomiest_tmp()
@@ -324,8 +327,6 @@ def main() -> None:
     positive_ints(parser, args, ("samples", "threads"))
     if args.tiny and args.band == parser.get_default("band"):
         args.band = "0-1"  # the tiny model's 2 layers
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     set_threads(args.threads)

@@ -64,10 +64,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForImageTextToText
+from transformers.utils import logging as hf_logging
 
 from real_shape import eval_flops, layer_flops
 from timing import cpu, cpu_model, matmul_peak, positive_ints, set_threads, status_kib
 from vrprobe.data import load_dataset
+from vrprobe.errors import VrprobeError
 from vrprobe.interventions.attention import register
 from vrprobe.interventions.sites import positions_mask
 from vrprobe.models.llava import LlavaAdapter
@@ -119,8 +122,6 @@ def peak_memory(device: torch.device) -> float:
 def build(device: torch.device, dtype: torch.dtype, tiny: bool, replicas: Path | None) -> LlavaAdapter:
     """LLaVA-1.5-7B's shape (or `tiny`) with random weights, built on `device` in `dtype`, wrapped as vrprobe
     loads it."""
-    from transformers import AutoModelForImageTextToText
-
     shape = replica.REAL_SHAPES["llava"]
     text = dict(
         hidden_size=shape.hidden,
@@ -277,8 +278,10 @@ def main() -> None:
     dtype = getattr(torch, args.dtype, None)
     if not isinstance(dtype, torch.dtype):
         parser.error(f"--dtype {args.dtype} is not a torch dtype")
-    from transformers.utils import logging as hf_logging
-
+    try:  # a bad --data ends here, before the budget is spent on the peak and the build
+        chosen = load_dataset(args.data, limit=max(args.eval_samples, args.trace_samples), seed=0).samples
+    except VrprobeError as e:
+        parser.error(str(e))
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     set_threads(args.threads)
@@ -305,7 +308,6 @@ def main() -> None:
     a = build(device, dtype, args.tiny, replicas)
     build_s = clock.now() - t0
     params = a.num_params
-    chosen = load_dataset(args.data, limit=max(args.eval_samples, args.trace_samples), seed=0).samples
     first = a.encode_samples(chosen[:1])
     text = a.model.config.get_text_config()
     print(
@@ -316,31 +318,30 @@ def main() -> None:
     )
     skips: list[str] = []
     results: dict[str, tuple[float, float] | None] = dict.fromkeys(STEPS)
-    with torch.no_grad():
-        # the warm-up batch and one timed batch, at a third of the peak
-        need = 2 * eval_flops(text, first.groups.image.shape[1], args.eval_batch, []) / (peak / 3)
-        if clock.fits(need):
-            score_batch(a, chosen[: args.eval_batch])  # warm-up: kernels, allocator
-            results["eval"] = guarded(
-                "eval", skips, device, lambda: run_eval(a, chosen[: args.eval_samples], args, clock, peak)
-            )
-        else:
-            skipped("eval", need, clock, skips)
-        rate = peak / 3 if results["eval"] is None else results["eval"][1] / results["eval"][0]
-        traced = chosen[: args.trace_samples]
-        sigma = measure_sigma(a, traced)
-        results["trace_resid"] = guarded(
-            "trace_resid", skips, device,
-            lambda: run_trace("trace_resid", a, traced, sigma, ("resid",), args, clock, rate, peak, skips),
-        )  # fmt: skip
-        resid = results["trace_resid"]
-        if resid is not None:  # the resid trace's own rate estimates the full one
-            rate = resid[1] / resid[0]
-        full_kinds = ("resid", "mlp", "attn")
-        results["trace_full"] = guarded(
-            "trace_full", skips, device,
-            lambda: run_trace("trace_full", a, traced, sigma, full_kinds, args, clock, rate, peak, skips),
-        )  # fmt: skip
+    # the warm-up batch and one timed batch, at a third of the peak
+    need = 2 * eval_flops(text, first.groups.image.shape[1], args.eval_batch, []) / (peak / 3)
+    if clock.fits(need):
+        score_batch(a, chosen[: args.eval_batch])  # warm-up: kernels, allocator
+        results["eval"] = guarded(
+            "eval", skips, device, lambda: run_eval(a, chosen[: args.eval_samples], args, clock, peak)
+        )
+    else:
+        skipped("eval", need, clock, skips)
+    rate = peak / 3 if results["eval"] is None else results["eval"][1] / results["eval"][0]
+    traced = chosen[: args.trace_samples]
+    sigma = measure_sigma(a, traced)
+    results["trace_resid"] = guarded(
+        "trace_resid", skips, device,
+        lambda: run_trace("trace_resid", a, traced, sigma, ("resid",), args, clock, rate, peak, skips),
+    )  # fmt: skip
+    resid = results["trace_resid"]
+    if resid is not None:  # the resid trace's own rate estimates the full one
+        rate = resid[1] / resid[0]
+    full_kinds = ("resid", "mlp", "attn")
+    results["trace_full"] = guarded(
+        "trace_full", skips, device,
+        lambda: run_trace("trace_full", a, traced, sigma, full_kinds, args, clock, rate, peak, skips),
+    )  # fmt: skip
     full = results["trace_full"]
     print(
         f'gpu: device="{name}" dtype={dtype_name} eval_s_per_sample={fmt(results["eval"] and results["eval"][0], 4)} '

@@ -114,3 +114,23 @@ def test_gpu_script_refuses_the_cpu_unless_allowed():
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
     assert out.returncode == 2 and "--allow-cpu" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("full_size.py", ["--band", "1-9"], "band 1-9 is out of range: the model has layers 0..1"),
+        ("full_size.py", ["--band", "a-b"], "--band must be A-B"),
+        ("full_size.py", ["--data", "nope:test"], "unknown dataset 'nope'"),
+        ("gpu.py", ["--allow-cpu", "--data", "nope:test"], "unknown dataset 'nope'"),
+    ],
+)
+def test_a_bad_band_or_dataset_is_one_error_line_before_anything_is_built(tmp_path, script, args, message):
+    scratch = ["--scratch", str(tmp_path)] if script == "full_size.py" else []
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--tiny", *scratch, *args], capture_output=True, text=True, timeout=300
+    )
+    errors = [ln for ln in out.stderr.splitlines() if "error:" in ln]
+    assert out.returncode == 2 and len(errors) == 1 and message in errors[0], out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "[build]" not in out.stdout
+    assert list(tmp_path.iterdir()) == []
