@@ -78,6 +78,7 @@ from vrprobe import LoadOptions
 from vrprobe.analyses.band import parse_band
 from vrprobe.data import load_dataset
 from vrprobe.errors import VrprobeError
+from vrprobe.runtime.batching import free_bytes
 from vrprobe.zoo import replica
 
 REPLICAS = Path(__file__).resolve().parents[2] / "shared" / "replicas"
@@ -115,17 +116,6 @@ def planned_params(cfg: Any) -> int:
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(cfg, dtype=DTYPE)
     return sum(p.numel() for p in model.parameters())
-
-
-def mem_available() -> int:
-    """MemAvailable from /proc/meminfo, in bytes (0 where unreadable)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def roomiest_tmp() -> Path:
@@ -286,7 +276,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     where = Path(args.scratch) if args.scratch else roomiest_tmp()
     if not where.is_dir():
         skip(f"--scratch {where} is not a directory")
-    free, available = shutil.disk_usage(where).free, mem_available()
+    free, available = shutil.disk_usage(where).free, free_bytes(torch.device("cpu"))
     print(
         f"full_size[plan]: params={params} weights_gib={gib(weights)} free_disk_gib={gib(free)} "
         f"mem_available_gib={gib(available)} scratch={where}",
